@@ -1,0 +1,1 @@
+"""The ``sketch-rag`` command line: run a local ComfyUI with the pack, and the engine without one."""

@@ -1,0 +1,168 @@
+"""Sketch → Canny edge map, the image that locks the geometry through ControlNet (canny).
+
+Sketches are not photographs: they come dark-on-light or light-on-dark, faint or bold, with
+transparent paper, at any size. ``sketch_to_edges`` normalises all of that to "dark ink on white
+paper" before OpenCV's Canny, so one set of thresholds behaves the same on every drawing, and
+returns the ControlNet-canny convention: white 1-pixel edges on black, 3 channels, uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .images import check_image_size, to_float_image
+
+DEFAULT_LOW_THRESHOLD = 50
+DEFAULT_HIGH_THRESHOLD = 150
+"""The seed design's thresholds on a 0–255 gradient scale (peers default to 100/200)."""
+
+SIZE_MULTIPLE = 8
+"""SD1.5's VAE downsamples by 8: both sides of an image it renders must be multiples of 8."""
+
+SOBEL_L1_MAX_GAIN = 8
+"""|dx| + |dy| of OpenCV's 3×3 Sobel on 8-bit input reaches 8 × 255."""
+
+MAX_RESOLUTION = 4096
+MAX_BLUR = 10.0
+MAX_THICKEN = 8
+
+
+@dataclass(frozen=True)
+class CannySettings:
+    """Everything that shapes the edge map, with the node's defaults."""
+
+    low_threshold: int = DEFAULT_LOW_THRESHOLD
+    high_threshold: int = DEFAULT_HIGH_THRESHOLD
+    auto_threshold: bool = False
+    resolution: int = 0
+    """Target short side in pixels (aspect kept, both sides multiples of 8); 0 keeps the input size."""
+    blur: float = 0.0
+    """Gaussian smoothing sigma in pixels before edge detection; calms paper grain and pencil hatching."""
+    thicken: int = 0
+    """Grow strokes by this many pixels before edge detection; joins broken, faint pencil lines."""
+
+    def validate(self) -> None:
+        """Raise InvalidParameterError naming the first setting out of range."""
+        for name in ("low_threshold", "high_threshold"):
+            value = getattr(self, name)
+            if not 0 <= value <= 255:
+                raise InvalidParameterError(f"{name} is {value}; it must be between 0 and 255.")
+        if self.low_threshold > self.high_threshold:
+            raise InvalidParameterError(
+                f"low_threshold ({self.low_threshold}) is above high_threshold ({self.high_threshold}); "
+                "set low_threshold to at most high_threshold."
+            )
+        if self.resolution != 0 and not SIZE_MULTIPLE <= self.resolution <= MAX_RESOLUTION:
+            raise InvalidParameterError(
+                f"resolution is {self.resolution}; use 0 to keep the input size or a short side "
+                f"from {SIZE_MULTIPLE} to {MAX_RESOLUTION} pixels."
+            )
+        if not 0.0 <= self.blur <= MAX_BLUR:
+            raise InvalidParameterError(f"blur is {self.blur}; it must be between 0 and {MAX_BLUR}.")
+        if not 0 <= self.thicken <= MAX_THICKEN:
+            raise InvalidParameterError(f"thicken is {self.thicken}; it must be between 0 and {MAX_THICKEN}.")
+
+
+def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(height, width) whose short side is ``resolution``, aspect kept, both rounded to multiples of 8.
+
+    ``resolution == 0`` returns the input size unchanged.
+    """
+    if resolution == 0:
+        return height, width
+    scale = resolution / min(height, width)
+
+    def snap(side: float) -> int:
+        return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    return snap(height * scale), snap(width * scale)
+
+
+def sketch_to_edges(image: np.ndarray, settings: CannySettings | None = None) -> np.ndarray:
+    """Detect the edges of one sketch.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` with C in 1..4; uint8, uint16, bool or float in 0..1.
+            Transparent pixels count as paper.
+        settings: thresholds and options; defaults to ``CannySettings()``.
+
+    Returns:
+        uint8 ``(H', W', 3)`` array, 255 on edges and 0 elsewhere; ``(H', W')`` is the input size,
+        or the size asked for by ``settings.resolution``.
+
+    Raises:
+        InvalidImageError: the image cannot be used (see ``images.to_float_image``).
+        InvalidParameterError: a setting is out of range.
+    """
+    settings = settings or CannySettings()
+    settings.validate()
+    gray = ink_on_paper(to_float_image(image, "sketch"))
+
+    height, width = target_size(gray.shape[0], gray.shape[1], settings.resolution)
+    check_image_size(height, width, "resized sketch")
+    if (height, width) != gray.shape:
+        shrinking = height * width < gray.shape[0] * gray.shape[1]
+        gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+    gray8: np.ndarray = np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if settings.thicken:
+        size = 2 * settings.thicken + 1
+        gray8 = cv2.erode(gray8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    if settings.blur > 0:
+        gray8 = cv2.GaussianBlur(gray8, (0, 0), sigmaX=settings.blur)
+
+    if settings.auto_threshold:
+        low, high = auto_thresholds(gray8)
+    else:
+        low, high = settings.low_threshold, settings.high_threshold
+    edges = cv2.Canny(gray8, low, high)
+    return cv2.cvtColor(edges, cv2.COLOR_GRAY2RGB)
+
+
+def ink_on_paper(image: np.ndarray) -> np.ndarray:
+    """Float ``(H, W, C)`` image → float32 ``(H, W)`` luminance with dark ink on light paper.
+
+    Transparent pixels become paper. A drawing whose paper is dark (chalk on a blackboard, a
+    negative scan) is inverted: paper is whatever most of the picture is.
+    """
+    channels = image.shape[2]
+    alpha = image[:, :, -1] if channels in (2, 4) else None
+    if channels >= 3:
+        rgb = np.ascontiguousarray(image[:, :, :3])
+        luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    else:
+        luma = image[:, :, 0]
+
+    if alpha is not None and float(alpha.min()) < 1.0:
+        opaque = alpha > 0.5
+        # Paper under the transparency takes the tone opposite to the strokes drawn on it.
+        strokes_are_light = bool(opaque.any()) and float(np.median(luma[opaque])) > 0.5
+        paper = 0.0 if strokes_are_light else 1.0
+        luma = luma * alpha + paper * (1.0 - alpha)
+
+    if float(np.median(luma)) < 0.5:
+        luma = 1.0 - luma
+    return np.ascontiguousarray(luma, dtype=np.float32)
+
+
+def auto_thresholds(gray8: np.ndarray) -> tuple[int, int]:
+    """Pick Canny thresholds from the image's own gradient strengths.
+
+    The high threshold is Otsu's split of the non-zero Sobel magnitudes (the same gradient Canny
+    uses), so it separates stroke edges from paper texture whether the drawing is bold ink or faint
+    pencil; the low threshold is half of it, the usual 1:2 hysteresis ratio.
+    """
+    gx = cv2.Sobel(gray8, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray8, cv2.CV_32F, 0, 1, ksize=3)
+    # Canny's default L1 magnitude of the 3×3 Sobel reaches 8 × 255; Otsu wants 8 bits.
+    magnitude = (np.abs(gx) + np.abs(gy)) / SOBEL_L1_MAX_GAIN
+    strong = magnitude[magnitude >= 1.0]
+    if strong.size == 0:
+        return DEFAULT_LOW_THRESHOLD, DEFAULT_HIGH_THRESHOLD
+    otsu, _ = cv2.threshold(strong.astype(np.uint8).reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    high = max(2, int(otsu * SOBEL_L1_MAX_GAIN))
+    return high // 2, high

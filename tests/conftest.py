@@ -1,0 +1,67 @@
+"""Shared fixtures: example assets and a real ComfyUI server with the pack.
+
+The server tier starts ``.comfyui/ComfyUI`` (installed by ``./dev.sh``) once per session, with a
+fresh base directory (custom_nodes, models, input, output, user) under pytest's tmp folder, and
+stops it by PID at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sketch_rag.cli.comfyui_client import ComfyClient
+from sketch_rag.cli.comfyui_install import install_comfyui
+from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_SKETCHES = REPO / "examples" / "sketches"
+COMFYUI_HOME = REPO / ".comfyui"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test not marked for a heavier tier is a unit test, so `-m unit` selects them.
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in ("comfy", "slow")):
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def example_sketches() -> list[Path]:
+    sketches = sorted(EXAMPLE_SKETCHES.glob("*.png"))
+    assert sketches, f"no example sketches in {EXAMPLE_SKETCHES}"
+    return sketches
+
+
+@pytest.fixture(scope="session")
+def comfy_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's --base-directory: custom_nodes with the pack linked, and empty data folders."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    link_pack(base)
+    for folder in ("models", "input", "output", "user", "temp"):
+        (base / folder).mkdir()
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_base_dir: Path) -> Iterator[ComfyServer]:
+    comfy_dir = install_comfyui(COMFYUI_HOME, requirements=False)
+    server = start_server(
+        comfy_dir,
+        port=free_port(),
+        cpu=True,
+        log_path=comfy_base_dir / "comfyui.log",
+        extra_args=("--base-directory", str(comfy_base_dir), "--database-url", "sqlite:///:memory:"),
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_server: ComfyServer) -> ComfyClient:
+    return ComfyClient(comfy_server.url)
