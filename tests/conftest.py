@@ -7,6 +7,13 @@ stops it by PID at the end.
 
 from __future__ import annotations
 
+import os
+
+# Nothing in the test suite may reach a model hub; these must be set before transformers/diffusers load.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["ANONYMIZED_TELEMETRY"] = "False"
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +22,7 @@ import pytest
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
+from sketch_rag.cli.tiny_models import write_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SKETCHES = REPO / "examples" / "sketches"
@@ -37,11 +45,12 @@ def example_sketches() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def comfy_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The server's --base-directory: custom_nodes with the pack linked, and empty data folders."""
+    """The server's --base-directory: the pack linked into custom_nodes, the tiny models in models/."""
     base = tmp_path_factory.mktemp("comfy_base")
     link_pack(base)
-    for folder in ("models", "input", "output", "user", "temp"):
+    for folder in ("input", "output", "user", "temp"):
         (base / folder).mkdir()
+    write_tiny_models(base / "models")
     return base
 
 
