@@ -42,14 +42,14 @@ def check_image_size(height: int, width: int, what: str = "image") -> None:
         )
 
 
-def to_float_image(image: np.ndarray, what: str = "image") -> np.ndarray:
-    """Return ``image`` as float32 ``(H, W, C)`` in ``[0, 1]`` with C in {1, 3, 4}.
+def check_image_array(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate an image array without converting it; return it as a ``(H, W, C)`` view.
 
-    Accepts ``(H, W)``, ``(H, W, 1|2|3|4)`` arrays of uint8, uint16, bool or float. A 2-channel
-    image is gray + alpha and becomes 4 channels (gray replicated), so callers see one layout.
+    Accepts ``(H, W)`` or ``(H, W, 1..4)`` arrays of uint8, uint16, bool or float (float in
+    ``[0, 1]`` give or take ``RANGE_TOLERANCE``).
 
     Raises:
-        InvalidImageError: wrong shape, dtype, size, non-finite or out-of-range values.
+        InvalidImageError: wrong type, shape, dtype or size; non-finite or out-of-range values.
     """
     if not isinstance(image, np.ndarray):
         raise InvalidImageError(f"The {what} must be a numpy array, got {type(image).__name__}.")
@@ -61,30 +61,41 @@ def to_float_image(image: np.ndarray, what: str = "image") -> np.ndarray:
             "(height, width, channels) with 1 to 4 channels."
         )
     check_image_size(image.shape[0], image.shape[1], what)
+    if np.issubdtype(image.dtype, np.floating):
+        # min/max propagate NaN and inf, so two reductions check finiteness and range at once.
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InvalidImageError(f"The {what} contains NaN or infinite pixel values; fix the node that produced it.")
+        if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+            raise InvalidImageError(
+                f"The {what} has pixel values from {lo:.4g} to {hi:.4g}; images must lie in 0..1. "
+                "Rescale or clamp it before this node."
+            )
+    elif image.dtype not in (np.uint8, np.uint16, np.bool_):
+        raise InvalidImageError(
+            f"The {what} has pixel type {image.dtype}; use uint8, uint16 or float values in 0..1."
+        )
+    return image
 
+
+def to_float_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Return ``image`` as float32 ``(H, W, C)`` in ``[0, 1]`` with C in {1, 3, 4}.
+
+    A 2-channel image is gray + alpha and becomes 4 channels (gray replicated), so callers see
+    one layout.
+
+    Raises:
+        InvalidImageError: see ``check_image_array``.
+    """
+    image = check_image_array(image, what)
     if image.dtype == np.uint8:
         out = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
         out = image.astype(np.float32) / 65535.0
     elif image.dtype == np.bool_:
         out = image.astype(np.float32)
-    elif np.issubdtype(image.dtype, np.floating):
-        out = image.astype(np.float32, copy=False)
-        if not np.isfinite(out).all():
-            raise InvalidImageError(
-                f"The {what} contains NaN or infinite pixel values; fix the node that produced it."
-            )
-        lo, hi = float(out.min()), float(out.max())
-        if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
-            raise InvalidImageError(
-                f"The {what} has pixel values from {lo:.4g} to {hi:.4g}; images must lie in 0..1. "
-                "Rescale or clamp it before this node."
-            )
-        out = np.clip(out, 0.0, 1.0)
     else:
-        raise InvalidImageError(
-            f"The {what} has pixel type {image.dtype}; use uint8, uint16 or float values in 0..1."
-        )
+        out = np.clip(image.astype(np.float32, copy=False), 0.0, 1.0)
     if out.shape[2] == 2:
         out = np.concatenate([out[:, :, :1].repeat(3, axis=2), out[:, :, 1:]], axis=2)
     return out
