@@ -6,6 +6,7 @@ import torch
 from comfy.utils import ProgressBar
 from comfy_api.latest import io
 
+from ..errors import InvalidParameterError
 from ..rendering.canny import (
     DEFAULT_HIGH_THRESHOLD,
     DEFAULT_LOW_THRESHOLD,
@@ -63,12 +64,16 @@ class CannySketchPreprocessor(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, low_threshold: int, high_threshold: int) -> bool | str:
-        if low_threshold > high_threshold:
-            return (
-                f"low_threshold ({low_threshold}) is above high_threshold ({high_threshold}); "
-                "set low_threshold to at most high_threshold."
-            )
+    def validate_inputs(cls, low_threshold: object, high_threshold: object) -> bool | str:
+        # ComfyUI skips its own type and min/max checks for inputs named here: check all of it.
+        thresholds = {"low_threshold": low_threshold, "high_threshold": high_threshold}
+        for name, value in thresholds.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                return f"{name} must be a whole number from 0 to 255, got {value!r}."
+        try:
+            CannySettings(low_threshold=int(low_threshold), high_threshold=int(high_threshold)).validate()
+        except InvalidParameterError as exc:
+            return str(exc)
         return True
 
     @classmethod

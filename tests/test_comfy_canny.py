@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sketch_rag.cli.comfyui_client import ComfyClient, PromptRejected
+from sketch_rag.cli.comfyui_client import ComfyClient, JobFailed, PromptRejected
 from sketch_rag.cli.comfyui_server import ComfyServer
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
 
@@ -69,36 +69,55 @@ def test_load_canny_save_gives_the_engines_edges_on_real_sketches(
 
 def test_batches_resolution_and_options_pass_through(comfy: ComfyClient, uploaded: dict[str, Path]) -> None:
     name, path = next(iter(uploaded.items()))
-    settings = {"resolution": 256, "auto_threshold": True, "blur": 1.0, "thicken": 1}
+    settings: dict[str, Any] = {"resolution": 256, "auto_threshold": True, "blur": 1.0, "thicken": 1}
     pngs = comfy.run(canny_graph(name, "batch", batch=2, **settings), output_node="4")
     assert len(pngs) == 2
-    expected = sketch_to_edges(as_loaded_by_comfyui(path), CannySettings(**settings))  # type: ignore[arg-type]
+    expected = sketch_to_edges(as_loaded_by_comfyui(path), CannySettings(**settings))
     for png in pngs:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
 @pytest.mark.parametrize(
-    ("settings", "error_type", "input_name"),
+    ("settings", "error_type", "names"),
     [
-        ({"high_threshold": 300}, "value_bigger_than_max", "high_threshold"),
-        ({"low_threshold": -5}, "value_smaller_than_min", "low_threshold"),
-        ({"low_threshold": 200, "high_threshold": 100}, "custom_validation_failed", "low_threshold"),
-        ({"low_threshold": "abc"}, "invalid_input_type", "low_threshold"),
+        ({"high_threshold": 300}, "custom_validation_failed", "high_threshold is 300"),
+        ({"low_threshold": -5}, "custom_validation_failed", "low_threshold is -5"),
+        ({"low_threshold": 200, "high_threshold": 100}, "custom_validation_failed", "low_threshold (200) is above"),
+        ({"low_threshold": "abc"}, "custom_validation_failed", "low_threshold must be a whole number"),
+        ({"thicken": "x"}, "invalid_input_type", "thicken"),
         ({"resolution": 99999}, "value_bigger_than_max", "resolution"),
+        ({"blur": -1.0}, "value_smaller_than_min", "blur"),
     ],
 )
 def test_invalid_inputs_are_refused_with_http_400_naming_the_input(
-    comfy: ComfyClient, uploaded: dict[str, Path], settings: dict[str, Any], error_type: str, input_name: str
+    comfy: ComfyClient, uploaded: dict[str, Path], settings: dict[str, Any], error_type: str, names: str
 ) -> None:
     name = next(iter(uploaded))
     with pytest.raises(PromptRejected) as rejected:
         comfy.queue_prompt(canny_graph(name, "invalid", **settings))
     assert rejected.value.status == 400
     errors = rejected.value.body["node_errors"]["3"]["errors"]
-    assert any(e["type"] == error_type and input_name in e["details"] for e in errors), errors
+    assert any(e["type"] == error_type and names in e["details"] for e in errors), errors
 
 
 def test_the_pack_imports_cleanly(comfy_server: ComfyServer, comfy: ComfyClient) -> None:
     comfy.object_info()
     assert comfy_server.import_failures() == []
     assert "sketch_rag" in comfy_server.log_text()
+
+
+def test_a_failing_job_reports_the_limit_and_the_server_keeps_working(
+    comfy: ComfyClient, uploaded: dict[str, Path]
+) -> None:
+    too_big = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8192, "height": 512, "batch_size": 1, "color": 0}},
+        "2": {"class_type": NODE, "inputs": {
+            "image": ["1", 0], "low_threshold": 50, "high_threshold": 150, "auto_threshold": False,
+            "resolution": 4096, "blur": 0.0, "thicken": 0}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+    }
+    with pytest.raises(JobFailed, match="resized sketch is 65536×4096 pixels.*limit"):
+        comfy.wait(comfy.queue_prompt(too_big))
+    name, path = next(iter(uploaded.items()))
+    [png] = comfy.run(canny_graph(name, "after_failure"), output_node="4")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), sketch_to_edges(as_loaded_by_comfyui(path)))

@@ -1,0 +1,72 @@
+"""The sketch-rag command: the Canny subcommand in-process, and `serve` as a user starts it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sketch_rag.cli.comfyui_client import ComfyClient, ComfyClientError
+from sketch_rag.cli.comfyui_server import free_port
+from sketch_rag.cli.main import main
+from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
+from sketch_rag.rendering.images import read_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_canny_command_writes_the_engines_edges(
+    tmp_path: Path, example_sketches: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    sketch, out = example_sketches[0], tmp_path / "out" / "edges.png"
+    assert main(["canny", str(sketch), "--out", str(out), "--resolution", "256", "--auto-threshold"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["width"], report["height"]) == (256, 256)
+    written = cv2.imread(str(out), cv2.IMREAD_COLOR_RGB)
+    expected = sketch_to_edges(read_image(sketch), CannySettings(resolution=256, auto_threshold=True))
+    assert np.array_equal(written, expected)
+
+
+def test_canny_command_explains_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert main(["canny", str(broken), "--out", str(tmp_path / "e.png")]) == 2
+    assert main(["canny", str(broken), "--out", str(tmp_path / "e.png"), "--low-threshold", "300"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("sketch-rag: error: ") for line in errors)
+    assert not (tmp_path / "e.png").exists()
+
+
+@pytest.mark.comfy
+def test_serve_starts_comfyui_with_the_pack_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "sketch_rag.cli.main", "serve", "--cpu", "--port", str(port),
+             "--comfyui-dir", str(REPO / ".comfyui")],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    client = ComfyClient(f"http://127.0.0.1:{port}", timeout=5)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                assert "SketchRAGCannySketchPreprocessor" in client.object_info()
+                break
+            except ComfyClientError:
+                assert serve.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "serve did not bring ComfyUI up"
+                time.sleep(0.5)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    with pytest.raises(ComfyClientError):
+        client.object_info()
