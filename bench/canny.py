@@ -28,16 +28,21 @@ SKETCHES = REPO / "examples" / "sketches"
 COMFYUI = REPO / ".comfyui" / "ComfyUI"
 
 
-def median_ms(run: Callable[[np.ndarray], object], images: list[np.ndarray], repeats: int) -> float:
-    for image in images[:2]:
-        run(image)  # warm-up: first calls pay for allocations and lazy initialisation
-    samples = []
+def median_ms(contenders: dict[str, Callable[[np.ndarray], object]], images: list[np.ndarray],
+              repeats: int) -> dict[str, float]:
+    """Median ms per image for each contender, interleaved image by image so that load from
+    anything else on the machine hits every contender alike."""
+    for run in contenders.values():
+        for image in images[:2]:
+            run(image)  # warm-up: first calls pay for allocations and lazy initialisation
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for image in images:
-            start = time.perf_counter()
-            run(image)
-            samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
+            for name, run in contenders.items():
+                start = time.perf_counter()
+                run(image)
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def controlnet_aux_canny() -> Callable[[np.ndarray], object]:
@@ -88,12 +93,13 @@ def main() -> None:
         "controlnet_aux": controlnet_aux_canny(),
         "comfy_core": comfy_core_canny(),
     }
+    at_512 = median_ms(contenders, sketches, args.repeats)
+    at_2048 = median_ms(contenders, big, max(3, args.repeats // 4))
     results: dict[str, float] = {}
     print(f"{'contender':<16}{'512 px ms':>12}{'2048 px ms':>12}")
-    for name, run in contenders.items():
-        results[f"{name}_ms_512"] = median_ms(run, sketches, args.repeats)
-        results[f"{name}_ms_2048"] = median_ms(run, big, max(3, args.repeats // 4))
-        print(f"{name:<16}{results[f'{name}_ms_512']:>12.3f}{results[f'{name}_ms_2048']:>12.3f}")
+    for name in contenders:
+        results[f"{name}_ms_512"], results[f"{name}_ms_2048"] = at_512[name], at_2048[name]
+        print(f"{name:<16}{at_512[name]:>12.3f}{at_2048[name]:>12.3f}")
 
     for size in ("512", "2048"):
         ours = results[f"ours_ms_{size}"]
