@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +24,8 @@ MAX_SIDE = 16384
 
 MAX_PIXELS = 100_000_000
 """Largest accepted image area (100 MP, e.g. 10000×10000); a 20000×20000 scan is refused."""
+
+T = TypeVar("T")
 
 RANGE_TOLERANCE = 1.0 / 255.0
 """Float pixels this far outside [0, 1] are rounding noise and are clipped; further out is an error."""
@@ -101,29 +105,30 @@ def to_float_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     return out
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as float32 ``(H, W, C)`` in ``[0, 1]``, keeping 16-bit depth and alpha.
+def decode_image(path: str | os.PathLike[str], decode: Callable[[Image.Image], T], what: str = "image") -> T:
+    """Open an image file, check its size before any pixel is decoded, and run ``decode`` on it.
 
-    EXIF orientation is applied, as every viewer does, so the array matches what the user sees.
+    The one place that turns every way a file can be unusable into an ``InvalidImageError``
+    naming the file and the fix; callers only say how they want the pixels.
 
     Raises:
         InvalidImageError: the file is missing, empty, corrupt, of an unsupported format or too big.
     """
     path = Path(path)
     if not path.is_file():
-        raise InvalidImageError(f"No image file at {path}; check the path.")
+        raise InvalidImageError(f"No {what} file at {path}; check the path.")
     if path.stat().st_size == 0:
-        raise InvalidImageError(f"The image file {path} is empty (0 bytes); export the image again.")
+        raise InvalidImageError(f"The {what} file {path} is empty (0 bytes); export the image again.")
     try:
         with warnings.catch_warnings():
             # Our own size limit (checked before decoding) is the one that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
-                check_image_size(opened.height, opened.width, f"image {path.name}")
-                array = _pil_to_array(ImageOps.exif_transpose(opened))
+                check_image_size(opened.height, opened.width, f"{what} {path.name}")
+                return decode(opened)
     except Image.DecompressionBombError as exc:
         raise InvalidImageError(
-            f"The image {path.name} is too large to open ({exc}); the limit is {MAX_SIDE} pixels a side "
+            f"The {what} {path.name} is too large to open ({exc}); the limit is {MAX_SIDE} pixels a side "
             f"and {MAX_PIXELS // 1_000_000} MP in all. Downscale it first."
         ) from exc
     except UnidentifiedImageError as exc:
@@ -133,8 +138,19 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, InvalidImageError):
             raise
-        raise InvalidImageError(f"The image {path.name} is damaged or truncated ({exc}); export it again.") from exc
-    return to_float_image(array, f"image {path.name}")
+        raise InvalidImageError(f"The {what} {path.name} is damaged or truncated ({exc}); export it again.") from exc
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as float32 ``(H, W, C)`` in ``[0, 1]``, keeping 16-bit depth and alpha.
+
+    EXIF orientation is applied, as every viewer does, so the array matches what the user sees.
+
+    Raises:
+        InvalidImageError: see ``decode_image``.
+    """
+    array = decode_image(path, lambda opened: _pil_to_array(ImageOps.exif_transpose(opened)))
+    return to_float_image(array, f"image {Path(path).name}")
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""``sketch-rag library sync|add|query|list``: the style library from the command line.
+
+The same engine as the nodes. Defaults mirror them: the shipped styles plus ``~/.sketch-rag/styles``,
+the first CLIP folder under ``<models-dir>/style_clip``, the index in ``~/.sketch-rag/store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import LibraryError
+
+HOME = Path(os.environ.get("SKETCH_RAG_HOME", Path.home() / ".sketch-rag"))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``library`` command and its subcommands to the CLI."""
+    library = commands.add_parser("library", help="sync, add to, query or list a style library")
+    sub = library.add_subparsers(required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--folder", type=Path, default=None,
+                       help="library folder (default: the shipped styles plus ~/.sketch-rag/styles)")
+        p.add_argument("--model", default=None,
+                       help="CLIP folder, folder name under <models-dir>/style_clip, or a Hub id")
+        p.add_argument("--models-dir", type=Path, default=HOME / "models",
+                       help="a ComfyUI models/ folder (default: %(default)s)")
+        p.add_argument("--store", default=str(HOME / "store"),
+                       help="index folder, or a Chroma server URL http://host:port (default: %(default)s)")
+        p.add_argument("--allow-download", action="store_true", help="allow fetching the model from the Hub")
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+    sync = sub.add_parser("sync", help="index new, changed and deleted images")
+    common(sync)
+    sync.add_argument("--rebuild", action="store_true", help="drop and rebuild the index (e.g. after a model change)")
+    sync.set_defaults(run=_sync)
+
+    add = sub.add_parser("add", help="copy an image into the library with a name and tags, and index it")
+    common(add)
+    add.add_argument("image", type=Path)
+    add.add_argument("--name", required=True)
+    add.add_argument("--tags", default="", help="comma-separated")
+    add.add_argument("--filename", default=None, help="file name inside the library (default: from the name)")
+    add.set_defaults(run=_add)
+
+    query = sub.add_parser("query", help="find the styles that best fit a text and/or an image")
+    common(query)
+    query.add_argument("text", nargs="?", default="")
+    query.add_argument("--image", type=Path, default=None, help="query image")
+    query.add_argument("--image-weight", type=float, default=0.5)
+    query.add_argument("-k", type=int, default=3)
+    query.add_argument("--tags", default="", help="comma-separated tags every result must carry")
+    query.set_defaults(run=_query)
+
+    listing = sub.add_parser("list", help="list the styles of a library")
+    common(listing)
+    listing.set_defaults(run=_list)
+
+
+def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
+    from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, is_clip_folder
+    from ..retrieval.folder import LibraryRoot
+    from ..retrieval.library import default_roots, open_library
+    from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+
+    model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
+    model = args.model
+    if model is None:
+        local = sorted(p.name for p in model_dir.iterdir() if is_clip_folder(p)) if model_dir.is_dir() else []
+        model = local[0] if local else DEFAULT_HUB_MODEL
+    embedder = ClipEmbedder.load(model, allow_download=args.allow_download, search_dirs=[model_dir])
+    if args.folder is None:
+        roots = default_roots(HOME / "styles")
+    else:
+        if not args.folder.is_dir():
+            raise LibraryError(f"The library folder {args.folder} does not exist; create it or check the path.")
+        roots = [LibraryRoot(args.folder, "")]
+    url = args.store if args.store.startswith(("http://", "https://")) else None
+    store = HOME / "store" if url else Path(args.store)
+    return open_library(roots, embedder, store, chroma_url=url, rebuild=rebuild)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, ensure_ascii=False) if args.json else text)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    _, report = _open(args, rebuild=args.rebuild)
+    data = report.to_json()
+    text = (f"{report.total} styles; added {len(report.added)}, changed {len(report.changed)}, renamed "
+            f"{len(report.renamed)}, removed {len(report.removed)}, embedded {report.embedded}"
+            + "".join(f"\nskipped {f}: {r}" for f, r in report.skipped))
+    _emit(args, data, text)
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    library, _ = _open(args)
+    match = library.add(args.image, args.name, args.tags, filename=args.filename)
+    _emit(args, {"id": match.item_id, "path": str(match.path), "name": match.name, "tags": list(match.meta.tags)},
+          f"added {match.item_id} ({match.path})")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from ..rendering.images import read_image
+    from ..retrieval.query import StyleQuery
+
+    library, _ = _open(args)
+    image = read_image(args.image) if args.image else None
+    matches = library.query(StyleQuery(text=args.text, image=image, image_weight=args.image_weight, k=args.k,
+                                       tags=tuple(args.tags.split(","))))
+    rows = [{"id": m.item_id, "name": m.name, "score": round(m.score, 6), "weight": round(m.weight, 6),
+             "path": str(m.path), "tags": list(m.meta.tags)} for m in matches]
+    _emit(args, {"results": rows},
+          "\n".join(f"{r['score']:.4f}  {r['weight']:.3f}  {r['name']}  ({r['id']})" for r in rows))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    library, _ = _open(args)
+    rows = [{"id": r.item_id, "name": r.meta.name, "tags": list(r.meta.tags), "sha256": r.sha256,
+             **({"error": r.error} if r.error else {})} for r in library.entries()]
+    _emit(args, {"styles": rows}, "\n".join(
+        f"{r['id']}\t{r['name']}\t{', '.join(r['tags'])}" + (f"\tSKIPPED: {r['error']}" if "error" in r else "")
+        for r in rows))
+    return 0

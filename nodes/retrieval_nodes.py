@@ -1,0 +1,328 @@
+"""Style retrieval nodes: Style Library loader, CLIP Style Retriever, Add to Style Library.
+
+Thin adapters over ``retrieval``: they resolve folders through ``folder_paths``, pick the device
+from ComfyUI, convert tensors and report progress. Loaded CLIP models and open libraries live in
+a small cache here (keyed by folder, store and device), so re-running the loader after the
+library changed only syncs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import folder_paths
+import numpy as np
+import torch
+from comfy import model_management
+from comfy.utils import ProgressBar
+from comfy_api.latest import io, ui
+from PIL import Image, ImageDraw
+
+from ..errors import LibraryError
+from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, is_clip_folder
+from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
+from ..retrieval.images import square_reference
+from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, default_roots, open_library
+from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
+from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+from .common import CATEGORY, NODE_PREFIX
+from .tensors import arrays_to_image_batch, image_batch_to_arrays
+
+StyleLibraryType = io.Custom("SKETCHRAG_STYLE_LIBRARY")
+"""An open, synced StyleLibrary (its CLIP model and index stay loaded while ComfyUI caches it)."""
+
+DEFAULT_LIBRARY = ""
+"""Empty folder input = the shipped styles plus the user's own styles folder."""
+
+_embedders: dict[tuple[str, str], ClipEmbedder] = {}
+_libraries: dict[tuple[str, ...], StyleLibrary] = {}
+_cache_lock = threading.Lock()
+
+
+def _model_dirs() -> list[Path]:
+    """The folders the embedding-model dropdown lists, registering ``models/style_clip`` on first use."""
+    if CLIP_MODELS_SUBFOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(
+            CLIP_MODELS_SUBFOLDER, os.path.join(folder_paths.models_dir, CLIP_MODELS_SUBFOLDER), is_default=True
+        )
+    return [Path(p) for p in folder_paths.get_folder_paths(CLIP_MODELS_SUBFOLDER)]
+
+
+def _model_options() -> list[str]:
+    local = sorted(
+        {p.name for d in _model_dirs() if d.is_dir() for p in d.iterdir() if p.is_dir() and is_clip_folder(p)}
+    )
+    return [*local, DEFAULT_HUB_MODEL]
+
+
+def _user_dir() -> Path:
+    return Path(folder_paths.get_user_directory()) / "sketch_rag"
+
+
+def _roots(folder: str) -> list[LibraryRoot]:
+    if not folder.strip():
+        return default_roots(_user_dir() / "styles")
+    path = Path(folder.strip()).expanduser()
+    if not path.is_absolute():
+        path = _user_dir() / "libraries" / path
+    return [LibraryRoot(path, "", writable=path.resolve() != SHIPPED_LIBRARY)]
+
+
+def _store(store: str) -> tuple[Path, str | None]:
+    """(local store folder, Chroma server URL or None) for the store input."""
+    value = store.strip()
+    if value.startswith(("http://", "https://")):
+        return _user_dir() / "store", value
+    return (Path(value).expanduser() if value else _user_dir() / "store"), None
+
+
+def _folder_signature(roots: list[LibraryRoot]) -> str:
+    """A cheap fingerprint of the library folders: every image and metadata file's path, size and mtime."""
+    digest = hashlib.sha256()
+    for root in roots:
+        if not root.path.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root.path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS | {".json"}:
+                    stat = os.stat(os.path.join(dirpath, name))
+                    digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _progress_callback(bar: ProgressBar) -> Any:
+    def progress(done: int, total: int) -> None:
+        model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, max(total, 1))
+
+    return progress
+
+
+class StyleLibraryLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        options = _model_options()
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}StyleLibraryLoader",
+            display_name="Style Library",
+            category=CATEGORY,
+            description=(
+                "Opens a folder of style images with a CLIP model and syncs its search index (new, changed and "
+                "deleted files by content hash), so the retriever can find the style that fits a prompt."
+            ),
+            inputs=[
+                io.String.Input(
+                    "library_folder", default=DEFAULT_LIBRARY,
+                    tooltip="Folder of style images (optional <name>.json sidecars or a library.json manifest). "
+                    "Empty: the shipped public-domain styles plus your own folder in ComfyUI's user directory. "
+                    "A relative name is a library under user/sketch_rag/libraries.",
+                ),
+                io.Combo.Input(
+                    "embedding_model", options=options, default=options[0],
+                    tooltip=f"A transformers CLIP folder in models/{CLIP_MODELS_SUBFOLDER}, or {DEFAULT_HUB_MODEL} "
+                    "from the Hugging Face Hub (needs allow_download).",
+                ),
+                io.String.Input(
+                    "store", default="",
+                    tooltip="Where the index lives. Empty: user/sketch_rag/store. A folder path, or the URL of a "
+                    "Chroma server (http://host:port) shared by several ComfyUI instances.",
+                ),
+                io.Boolean.Input(
+                    "allow_download", default=False,
+                    tooltip="Allow downloading the embedding model from the Hugging Face Hub if it is not local.",
+                ),
+                io.Boolean.Input(
+                    "rebuild_index", default=False,
+                    tooltip="Drop and rebuild the index (needed after switching the model of an existing index).",
+                ),
+            ],
+            outputs=[StyleLibraryType.Output(display_name="library", tooltip="The opened, synced style library.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, library_folder: str = DEFAULT_LIBRARY, **_: Any) -> str:
+        # Re-run (and so re-sync, and re-run the retrievers downstream) whenever the folder changes.
+        return _folder_signature(_roots(library_folder))
+
+    @classmethod
+    def execute(
+        cls,
+        library_folder: str = DEFAULT_LIBRARY,
+        embedding_model: str = DEFAULT_HUB_MODEL,
+        store: str = "",
+        allow_download: bool = False,
+        rebuild_index: bool = False,
+    ) -> io.NodeOutput:
+        roots = _roots(library_folder)
+        store_dir, chroma_url = _store(store)
+        device = str(model_management.get_torch_device())
+        with _cache_lock:
+            model_key = (embedding_model, device)
+            if model_key not in _embedders:
+                _embedders[model_key] = ClipEmbedder.load(
+                    embedding_model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
+                )
+            embedder = _embedders[model_key]
+            key = (*(str(r.path) for r in roots), embedding_model, device, str(store_dir), chroma_url or "")
+            progress = _progress_callback(ProgressBar(1))
+            library = _libraries.get(key)
+            if library is None or rebuild_index:
+                library, _ = open_library(
+                    roots, embedder, store_dir, chroma_url=chroma_url, rebuild=rebuild_index, progress=progress
+                )
+                _libraries[key] = library
+            else:
+                library.sync(progress=progress)
+        return io.NodeOutput(library)
+
+
+def _tags(tag_filter: str) -> tuple[str, ...]:
+    return normalise_tags(tag_filter)
+
+
+def _caption(image: np.ndarray, text: str) -> np.ndarray:
+    """The image with a caption band below (name, score, weight), for the preview only."""
+    pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    band = max(14, pil.height // 12)
+    canvas = Image.new("RGB", (pil.width, pil.height + band), (20, 20, 20))
+    canvas.paste(pil, (0, 0))
+    ImageDraw.Draw(canvas).text((4, pil.height + 2), text, fill=(240, 240, 240))
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+class ClipStyleRetriever(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}ClipStyleRetriever",
+            display_name="CLIP Style Retriever",
+            category=CATEGORY,
+            description=(
+                "Finds the style images that best fit a prompt (and/or a query image) by CLIP similarity, and "
+                "returns them as an IMAGE batch with their names, scores and blending weights."
+            ),
+            inputs=[
+                StyleLibraryType.Input("library", tooltip="A library from the Style Library node."),
+                io.String.Input(
+                    "prompt", multiline=True, default="an oil painting with swirling brushstrokes",
+                    tooltip="What the style should look like; usually the render prompt. CLIP reads ~77 tokens.",
+                ),
+                io.Int.Input("k", default=1, min=1, max=MAX_K, tooltip="How many style references to return."),
+                io.String.Input(
+                    "tag_filter", default="",
+                    tooltip="Comma-separated tags a style must all carry (exact match, case-insensitive). "
+                    "Empty: no filter.",
+                ),
+                io.Float.Input(
+                    "image_weight", default=0.5, min=0.0, max=1.0, step=0.05,
+                    tooltip="With a query image: its share of the query (0 = prompt only, 1 = image only).",
+                ),
+                io.Int.Input(
+                    "resolution", default=512, min=64, max=2048, step=8,
+                    tooltip="Side of the square style images (scaled to cover, centre-cropped).",
+                ),
+                io.Float.Input(
+                    "blend_temperature", default=DEFAULT_TEMPERATURE, min=0.001, max=1.0, step=0.001,
+                    tooltip="Softness of the blending weights over the k results (0.01 = CLIP's own scale; "
+                    "higher spreads the weight more evenly).",
+                ),
+                io.Image.Input(
+                    "query_image", optional=True,
+                    tooltip="Optional image whose style to match (mixed with the prompt by image_weight).",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="style_images", tooltip="The top-k style images, best first."),
+                io.String.Output(display_name="names", tooltip="Their names, one per line."),
+                io.String.Output(display_name="scores", tooltip="Cosine similarities, comma-separated, best first."),
+                io.String.Output(display_name="weights", tooltip="Blending weights summing to 1, comma-separated."),
+                io.Float.Output(display_name="top_score", tooltip="Cosine similarity of the best match."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, k: int = 1, tag_filter: str = "", **_: Any) -> bool | str:
+        if not 1 <= k <= MAX_K:
+            return f"k is {k}; choose 1 to {MAX_K} style references."
+        return True
+
+    @classmethod
+    def execute(
+        cls,
+        library: StyleLibrary,
+        prompt: str = "",
+        k: int = 1,
+        tag_filter: str = "",
+        image_weight: float = 0.5,
+        resolution: int = 512,
+        blend_temperature: float = DEFAULT_TEMPERATURE,
+        query_image: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        if not isinstance(library, StyleLibrary):
+            raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
+        image = image_batch_to_arrays(query_image, "query_image")[0] if query_image is not None else None
+        matches = library.query(
+            StyleQuery(text=prompt, image=image, image_weight=image_weight, k=k, tags=_tags(tag_filter),
+                       temperature=blend_temperature)
+        )
+        arrays = [square_reference(m.path, resolution) for m in matches]
+        images = arrays_to_image_batch(arrays)
+        preview = arrays_to_image_batch([_caption(a, _label(m)) for a, m in zip(arrays, matches, strict=True)])
+        return io.NodeOutput(
+            images,
+            "\n".join(m.name for m in matches),
+            ", ".join(f"{m.score:.4f}" for m in matches),
+            ", ".join(f"{m.weight:.4f}" for m in matches),
+            float(matches[0].score),
+            # The preview shows each reference with its name and score; "text" carries the same for API clients.
+            ui={**ui.PreviewImage(preview, cls=cls).as_dict(), "text": [_label(m) for m in matches]},
+        )
+
+
+def _label(match: StyleMatch) -> str:
+    return f"{match.name[:48]}  score {match.score:.3f}  w {match.weight:.2f}"
+
+
+class AddToStyleLibrary(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}AddToStyleLibrary",
+            display_name="Add to Style Library",
+            category=CATEGORY,
+            description="Saves an image into the library's own folder with a name and tags, and indexes it.",
+            inputs=[
+                StyleLibraryType.Input("library", tooltip="A library from the Style Library node."),
+                io.Image.Input("image", tooltip="The style image (each image of a batch is added)."),
+                io.String.Input("name", default="my style", tooltip="Display name of the new style."),
+                io.String.Input(
+                    "tags", default="", tooltip="Comma-separated tags for filtering, e.g. 'ink, line art'."
+                ),
+            ],
+            outputs=[
+                StyleLibraryType.Output(display_name="library", tooltip="The same library, now with the new style."),
+                io.String.Output(display_name="ids", tooltip="Ids of the added styles, one per line."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls, library: StyleLibrary, image: torch.Tensor, name: str = "my style", tags: str = ""
+    ) -> io.NodeOutput:
+        if not isinstance(library, StyleLibrary):
+            raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
+        arrays = image_batch_to_arrays(image, "image")
+        ids = []
+        for n, array in enumerate(arrays):
+            label = name if len(arrays) == 1 else f"{name} {n + 1}"
+            ids.append(library.add(array, label, normalise_tags(tags)).item_id)
+        return io.NodeOutput(library, "\n".join(ids))
+
+
+RETRIEVAL_NODES: list[type[io.ComfyNode]] = [StyleLibraryLoader, ClipStyleRetriever, AddToStyleLibrary]

@@ -1,0 +1,222 @@
+"""CLIP text and image embeddings through transformers, L2-normalised, from a local folder or the Hub.
+
+Retrieval compares a prompt (text tower) with library images (vision tower) in CLIP's shared space,
+so both must come from one model, and the model's identity travels with every embedding: the
+``model_key`` (folder name + weights fingerprint) keys the embedding cache and is recorded in the
+index, which is how embeddings of different models are kept apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import InvalidParameterError, ModelNotFoundError
+from .hashing import sha256_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HUB_MODEL = "openai/clip-vit-base-patch32"
+"""The seed's model: ViT-B/32, 512-d embeddings."""
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""Weight files a transformers CLIP folder may hold, preferred first (safetensors is not a pickle)."""
+
+IMAGE_BATCH_SIZE = 32
+"""Images per forward pass: large enough to use the device, small enough for 4 GB GPUs."""
+
+MAX_TEXT_CHARS = 10_000
+"""Longer prompts are refused: CLIP reads 77 tokens, and a 100 kB string is a wiring mistake."""
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each embedded batch."""
+
+
+class Embedder(Protocol):
+    """What a library needs from an embedding model (``ClipEmbedder``, or a test double with known geometry)."""
+
+    @property
+    def model_key(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def embed_images(
+        self, images: Sequence[Any], *, batch_size: int = ..., progress: ProgressCallback | None = ...
+    ) -> np.ndarray: ...
+
+
+def is_clip_folder(path: Path) -> bool:
+    """True if ``path`` looks like a transformers CLIP folder: a config plus weights plus a tokenizer."""
+    return (
+        (path / "config.json").is_file()
+        and any((path / name).is_file() for name in WEIGHT_FILES)
+        and ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file())
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower() or "model"
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """sha256 of the weights file, memoised by (path, size, mtime) so a reload costs nothing.
+
+    Two folders with the same name but different weights (a fine-tune, another random init)
+    must not share cached embeddings or an index; the name alone cannot tell them apart.
+    """
+    weights = next(folder / name for name in WEIGHT_FILES if (folder / name).is_file())
+    stat = weights.stat()
+    key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = sha256_file(weights)
+    return _FINGERPRINTS[key]
+
+
+@dataclass
+class ClipEmbedder:
+    """A loaded CLIP model and processor that turn texts and images into unit vectors.
+
+    Build it with :meth:`load`; the constructor takes already-loaded parts (tests, notebooks).
+    """
+
+    model: Any
+    processor: Any
+    name: str
+    fingerprint: str
+    device: str = "cpu"
+    dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dim = int(self.model.config.projection_dim)
+
+    @property
+    def model_key(self) -> str:
+        """Identity of the embedding space: readable name plus the first 16 hex of the weights' sha256."""
+        return f"{_slug(self.name)}@{self.fingerprint[:16]}"
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        allow_download: bool = False,
+        search_dirs: Sequence[Path] = (),
+    ) -> ClipEmbedder:
+        """Load CLIP from a folder (or a folder name inside ``search_dirs``), or a Hub id if allowed.
+
+        fp16 on a GPU, fp32 on the CPU (fp16 matmuls are slow or missing on CPUs).
+
+        Raises:
+            ModelNotFoundError: no such folder, and the Hub was not allowed or did not have it.
+        """
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        folder = _resolve_model_folder(str(source), search_dirs, allow_download)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        vocab_size = len(processor.tokenizer)
+        if vocab_size < 256:
+            raise ModelNotFoundError(
+                f"The CLIP tokenizer in {folder} has only {vocab_size} tokens, so its vocab files are missing; "
+                "copy vocab.json and merges.txt (or tokenizer.json) of the model into that folder."
+            )
+        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
+        name = str(source) if not Path(source).is_dir() else Path(source).name
+        return cls(model=model, processor=processor, name=name, fingerprint=weights_fingerprint(folder), device=device)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 ``(len(texts), dim)`` text embeddings; CLIP reads the first 77 tokens.
+
+        Raises:
+            InvalidParameterError: an empty or over-long text.
+        """
+        import torch
+
+        for text in texts:
+            if not text.strip():
+                raise InvalidParameterError("The text to embed is empty; give a prompt or a style query.")
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidParameterError(
+                    f"The text to embed has {len(text)} characters (starting {text[:40]!r}); the limit is "
+                    f"{MAX_TEXT_CHARS}. CLIP reads only the first 77 tokens: shorten it."
+                )
+        inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            features = _features(self.model.get_text_features(**inputs))
+        return _normalise(features.float().cpu().numpy())
+
+    def embed_images(
+        self,
+        images: Sequence[Any],
+        *,
+        batch_size: int = IMAGE_BATCH_SIZE,
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Unit-length float32 ``(len(images), dim)`` embeddings of PIL RGB images, in batches."""
+        import torch
+
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            batch = list(images[start : start + batch_size])
+            inputs = self.processor(images=batch, return_tensors="pt")
+            pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+            with torch.inference_mode():
+                features = _features(self.model.get_image_features(pixel_values=pixels))
+            out[start : start + len(batch)] = _normalise(features.float().cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(images)), len(images))
+        return out
+
+
+def _features(output: Any) -> Any:
+    # transformers 5 returns an output object whose pooler_output is the projected embedding; 4.x a tensor.
+    return getattr(output, "pooler_output", output)
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _resolve_model_folder(source: str, search_dirs: Sequence[Path], allow_download: bool) -> Path:
+    """A local folder for ``source``: a path, a folder name in ``search_dirs``, or a (cached) Hub snapshot."""
+    candidates = [Path(source), *(Path(d) / source for d in search_dirs)]
+    for candidate in candidates:
+        if candidate.is_dir() and is_clip_folder(candidate):
+            return candidate
+    if "/" in source and not Path(source).is_absolute():
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.txt", "model.safetensors"]
+        try:
+            return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download))
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types; all mean "not available"
+            logger.debug("hub lookup of %s failed: %s", source, exc)
+    found = sorted(
+        p.name for d in search_dirs if Path(d).is_dir() for p in Path(d).iterdir() if p.is_dir() and is_clip_folder(p)
+    )
+    where = ", ".join(str(d) for d in search_dirs) or "(no models folder given)"
+    raise ModelNotFoundError(
+        f"No CLIP model {source!r}: not a transformers CLIP folder and not in {where} "
+        f"(found: {', '.join(found) or 'none'}). Put a CLIP folder (config.json, model.safetensors, tokenizer "
+        f"files), e.g. a download of {DEFAULT_HUB_MODEL}, into one of those folders"
+        + ("." if allow_download else ", or allow downloading from the Hugging Face Hub.")
+    )

@@ -1,0 +1,192 @@
+"""A style library on disk: image files under one or more roots, plus optional metadata.
+
+The folder is the source of truth. Metadata comes from a ``library.json`` manifest in a root
+(a list of objects with a ``file`` key, the format of the shipped library) and from sidecars
+``<image stem>.json`` beside an image, which win over the manifest. Everything here is plain
+file handling: hashing is skipped for files whose size and mtime match what the caller knew.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import LibraryError
+from .hashing import sha256_file
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+MANIFEST_NAME = "library.json"
+TEXT_FIELDS = ("description", "source", "license", "artist", "title", "year")
+"""Free-text metadata kept per style (``licence`` is accepted as a spelling of ``license``)."""
+
+
+@dataclass(frozen=True)
+class LibraryRoot:
+    """One folder of a library. ``label`` prefixes item ids, so two roots never collide."""
+
+    path: Path
+    label: str
+    writable: bool = True
+
+
+@dataclass(frozen=True)
+class StyleMeta:
+    """What a user knows about a style: a display name, tags for filtering, provenance."""
+
+    name: str
+    tags: tuple[str, ...] = ()
+    text: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "tags": list(self.tags), **dict(sorted(self.text.items()))}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StyleMeta:
+        return cls(
+            name=str(data["name"]),
+            tags=tuple(data.get("tags", ())),
+            text={k: str(data[k]) for k in TEXT_FIELDS if k in data},
+        )
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One image file as found on disk."""
+
+    item_id: str
+    root: LibraryRoot
+    relpath: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def path(self) -> Path:
+        return self.root.path / self.relpath
+
+
+def item_id_for(root: LibraryRoot, relpath: str) -> str:
+    return f"{root.label}/{relpath}" if root.label else relpath
+
+
+def normalise_tags(tags: Any) -> tuple[str, ...]:
+    """Tags as lower-case, stripped, de-duplicated strings; a comma-separated string is split."""
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    if not isinstance(tags, list | tuple):
+        raise LibraryError(f"Tags must be a list of strings or a comma-separated string, got {tags!r}.")
+    cleaned = (str(t).strip().lower() for t in tags)
+    return tuple(dict.fromkeys(t for t in cleaned if t))
+
+
+def default_name(relpath: str) -> str:
+    """A readable name from a file name: ``van_gogh-starry.jpg`` → ``van gogh starry``."""
+    return PurePosixPath(relpath).stem.replace("_", " ").replace("-", " ").strip() or relpath
+
+
+def safe_relpath(root: Path, name: str) -> str:
+    """``name`` as a POSIX path relative to ``root``, refusing anything that would leave it.
+
+    Raises:
+        LibraryError: an absolute path, ``..``, an empty name, or a symlink out of the root.
+    """
+    candidate = PurePosixPath(name.replace("\\", "/"))
+    if not name.strip() or candidate.is_absolute() or ".." in candidate.parts or ":" in name:
+        raise LibraryError(
+            f"The library path {name!r} is not a plain relative file name inside {root}; use a name "
+            "like 'my_style.png' or 'sub/folder/my_style.png'."
+        )
+    resolved = (root / candidate).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise LibraryError(f"The library path {name!r} leads outside {root} (to {resolved}); use a file inside it.")
+    return candidate.as_posix()
+
+
+def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
+    """Every image file under ``root`` (hidden files and folders skipped), with size and mtime.
+
+    Symlinks that point outside the root are skipped with a warning: a library must not read
+    files the user did not put in it.
+    """
+    base = root.path.resolve()
+    stack = [base]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            logger.warning("Style library: cannot list %s (%s); skipped.", folder, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink() and not path.resolve().is_relative_to(base):
+                logger.warning("Style library: %s links outside %s; skipped.", path, base)
+                continue
+            if entry.is_dir():
+                stack.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                stat = entry.stat()
+                relpath = path.relative_to(base).as_posix()
+                yield FileInfo(item_id_for(root, relpath), root, relpath, stat.st_size, stat.st_mtime_ns)
+
+
+def hash_if_changed(info: FileInfo, known: tuple[int, int, str] | None) -> str:
+    """The file's sha256, reusing ``known = (size, mtime_ns, sha256)`` when size and mtime still match."""
+    if known is not None and known[0] == info.size and known[1] == info.mtime_ns:
+        return known[2]
+    return sha256_file(info.path)
+
+
+def read_metadata(root: LibraryRoot, relpaths: list[str]) -> tuple[dict[str, StyleMeta], list[tuple[str, str]]]:
+    """Metadata for each image from the manifest and sidecars, and the metadata files that were unusable.
+
+    A broken manifest or sidecar never hides a style: its image keeps a default name, and the
+    problem is reported as ``(file, reason)``.
+    """
+    problems: list[tuple[str, str]] = []
+    manifest: dict[str, Mapping[str, Any]] = {}
+    manifest_path = root.path / MANIFEST_NAME
+    if manifest_path.is_file():
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+            items = data["styles"] if isinstance(data, dict) else data
+            for item in items:
+                manifest[PurePosixPath(str(item["file"])).as_posix()] = item
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append((str(manifest_path), f"unreadable manifest: {exc}"))
+    metas: dict[str, StyleMeta] = {}
+    for relpath in relpaths:
+        entry: dict[str, Any] = dict(manifest.get(relpath, {}))
+        sidecar = (root.path / relpath).with_suffix(".json")
+        if sidecar.is_file() and sidecar.name != MANIFEST_NAME:
+            try:
+                side = json.loads(sidecar.read_text(encoding="utf-8"))
+                if not isinstance(side, dict):
+                    raise ValueError("expected a JSON object")
+                entry.update(side)
+            except (OSError, ValueError) as exc:
+                problems.append((str(sidecar), f"unreadable sidecar: {exc}"))
+        metas[relpath] = meta_from_entry(relpath, entry)
+    return metas, problems
+
+
+def meta_from_entry(relpath: str, entry: Mapping[str, Any]) -> StyleMeta:
+    name = str(entry.get("name") or "").strip() or default_name(relpath)
+    text = {k: str(entry[k]) for k in TEXT_FIELDS if entry.get(k) not in (None, "")}
+    if entry.get("licence") and "license" not in text:
+        text["license"] = str(entry["licence"])
+    try:
+        tags = normalise_tags(entry.get("tags"))
+    except LibraryError:
+        tags = ()
+    return StyleMeta(name=name, tags=tags, text=text)

@@ -1,0 +1,232 @@
+"""The vector index of one library under one embedding model: a Chroma collection behind a small class.
+
+Only this module talks to Chroma, so its traps are handled in one place:
+- ``embedding_function=None`` on every create/get: Chroma's default downloads a model;
+- the model key and dimension live in the collection metadata and are checked on open;
+- ``add`` of an existing id is a silent no-op in Chroma, so :meth:`ChromaIndex.put` deletes first;
+- batches are cut below Chroma's maximum batch size;
+- a process that did not write must reopen its client to see another process's vectors
+  (:meth:`ChromaIndex.refresh`); the caller serialises writers with a file lock;
+- :meth:`ChromaIndex.self_test` finds the silent failures (lost HNSW folder, lost vectors) that
+  Chroma itself reports as success, so the caller can rebuild from its own embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ..errors import LibraryError, LibraryModelMismatchError
+
+logger = logging.getLogger(__name__)
+
+EF_SEARCH = 400
+"""HNSW search breadth: CLIP text→image queries are out of distribution and need ~400 for recall@5 ≈ 0.99."""
+EF_CONSTRUCTION = 200
+MAX_NEIGHBORS = 32
+HNSW_BATCH_SIZE = 100
+HNSW_SYNC_THRESHOLD = 1000
+"""Chroma's defaults, named so tests can make the index flush to its HNSW files after a few items."""
+BATCH = 5000
+"""Vectors per Chroma call, under its maximum batch size of 5,461."""
+SELF_TEST_TOLERANCE = 1e-3
+"""A stored vector must come back at cosine distance below this (exact duplicates tie at 0)."""
+
+_clients: dict[str, Any] = {}
+_epochs: dict[str, int] = {}
+"""Bumped when a location's client is reopened, so every index on it re-gets its collection."""
+_clients_lock = threading.Lock()
+
+
+def is_url(location: str | Path) -> bool:
+    return isinstance(location, str) and location.startswith(("http://", "https://"))
+
+
+def collection_name(*parts: str) -> str:
+    """A valid Chroma collection name (3-512 chars of ``[a-zA-Z0-9._-]``, alphanumeric ends) from ``parts``."""
+    raw = "-".join(re.sub(r"[^a-zA-Z0-9._-]+", "-", p).strip("-._") for p in parts if p)
+    return raw[:200].strip("-._").lower() or "styles-default"
+
+
+def _client(location: str | Path, fresh: bool = False) -> Any:
+    """One Chroma client per location, shared by every index in the process; ``fresh`` reopens it."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    key = str(location)
+    with _clients_lock:
+        if fresh and key in _clients and not is_url(location):
+            _clients.pop(key).close()
+            _epochs[key] = _epochs.get(key, 0) + 1
+        if key not in _clients:
+            if is_url(location):
+                url = urlparse(str(location))
+                _clients[key] = chromadb.HttpClient(
+                    host=url.hostname or "127.0.0.1",
+                    port=url.port or (443 if url.scheme == "https" else 8000),
+                    ssl=url.scheme == "https",
+                    settings=settings,
+                )
+            else:
+                Path(location).mkdir(parents=True, exist_ok=True)
+                _clients[key] = chromadb.PersistentClient(path=str(location), settings=settings)
+        return _clients[key]
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+    """Cosine similarity (1 − Chroma's cosine distance)."""
+
+
+class ChromaIndex:
+    """A cosine HNSW collection for one (library, model), embedded on disk or on a Chroma server."""
+
+    def __init__(self, location: str | Path, name: str, model_key: str, dim: int) -> None:
+        self.location = location
+        self.name = name
+        self.model_key = model_key
+        self.dim = dim
+        self._collection: Any = None
+        self._epoch = -1
+
+    def open(self, *, replace_other_model: bool = False) -> ChromaIndex:
+        """Get or create the collection and check it was built with this model.
+
+        Raises:
+            LibraryModelMismatchError: the collection holds another model's embeddings (unless ``replace_other_model``).
+            LibraryError: the Chroma server cannot be reached.
+        """
+        try:
+            client = self._get_client()
+            collection = client.get_or_create_collection(
+                name=self.name,
+                embedding_function=None,
+                configuration={
+                    "hnsw": {
+                        "space": "cosine",
+                        "ef_search": EF_SEARCH,
+                        "ef_construction": EF_CONSTRUCTION,
+                        "max_neighbors": MAX_NEIGHBORS,
+                        "batch_size": HNSW_BATCH_SIZE,
+                        "sync_threshold": HNSW_SYNC_THRESHOLD,
+                    }
+                },
+                metadata={"model_key": self.model_key, "dim": self.dim},
+            )
+        except Exception as exc:
+            if is_url(self.location):
+                raise LibraryError(
+                    f"Cannot reach the Chroma server at {self.location} ({type(exc).__name__}: {exc}); start it "
+                    "with `chroma run --path DIR --host HOST --port PORT` or clear the server URL."
+                ) from exc
+            raise
+        meta = collection.metadata or {}
+        if meta.get("model_key") != self.model_key or int(meta.get("dim", -1)) != self.dim:
+            if not replace_other_model:
+                raise LibraryModelMismatchError(
+                    f"The style index {self.name!r} in {self.location} was built with embedding model "
+                    f"{meta.get('model_key')!r} ({meta.get('dim')}-d); the model loaded now is {self.model_key!r} "
+                    f"({self.dim}-d), and their embeddings cannot be compared. Load the model the library was "
+                    "indexed with, or rebuild the index for this model (loader: rebuild_index, CLI: "
+                    "`library sync --rebuild`)."
+                )
+            client.delete_collection(self.name)
+            return self.open()
+        self._collection = collection
+        self._epoch = _epochs.get(str(self.location), 0)
+        return self
+
+    def _get_client(self, fresh: bool = False) -> Any:
+        return _client(self.location, fresh=fresh)
+
+    @property
+    def collection(self) -> Any:
+        if self._collection is None or self._epoch != _epochs.get(str(self.location), 0):
+            self.open()
+        return self._collection
+
+    def refresh(self) -> None:
+        """Reopen the store from disk, so vectors written by another process become searchable."""
+        if not is_url(self.location):
+            self._get_client(fresh=True)
+        self._collection = None
+        self.open()
+
+    def count(self) -> int:
+        return int(self.collection.count())
+
+    def ids(self) -> list[str]:
+        return list(self.collection.get(include=[])["ids"])
+
+    def put(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace items (delete + add: Chroma's add ignores existing ids, upsert merges metadata)."""
+        if len(ids) == 0:
+            return
+        if vectors.shape != (len(ids), self.dim) or not np.isfinite(vectors).all():
+            raise LibraryError(
+                f"Embeddings for the style index must be finite and of shape ({len(ids)}, {self.dim}); got "
+                f"{vectors.shape}. This is a bug: report it with the library and model used."
+            )
+        self.delete(ids)
+        for start in range(0, len(ids), BATCH):
+            stop = start + BATCH
+            self.collection.add(
+                ids=list(ids[start:stop]),
+                embeddings=np.ascontiguousarray(vectors[start:stop], dtype=np.float32),
+                metadatas=[dict(m) for m in metadatas[start:stop]],
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), BATCH):
+            self.collection.delete(ids=list(ids[start : start + BATCH]))
+
+    def query(self, vector: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` nearest items by cosine similarity, best first (fewer if the index holds fewer)."""
+        n = min(k, self.count())
+        if n <= 0:
+            return []
+        result = self.collection.query(
+            query_embeddings=np.asarray(vector, dtype=np.float32)[None, :], n_results=n, include=["distances"]
+        )
+        return [
+            Hit(item_id, 1.0 - float(dist))
+            for item_id, dist in zip(result["ids"][0], result["distances"][0], strict=True)
+        ]
+
+    def self_test(self, samples: Mapping[str, np.ndarray]) -> bool:
+        """True if each sample vector finds itself (or an identical vector) at the top.
+
+        Catches what Chroma reports as success: a deleted HNSW folder answers with fewer results,
+        and vectors lost by concurrent writers are counted but never found.
+        """
+        if not samples:
+            return True
+        ids = list(samples)
+        matrix = np.stack([samples[i] for i in ids]).astype(np.float32)
+        result = self.collection.query(query_embeddings=matrix, n_results=1, include=["distances"])
+        for expected, got_ids, dists in zip(ids, result["ids"], result["distances"], strict=True):
+            if not got_ids or (got_ids[0] != expected and dists[0] > SELF_TEST_TOLERANCE):
+                logger.warning("Style index %s: item %r not found by its own vector.", self.name, expected)
+                return False
+        return True
+
+    def reset(self) -> None:
+        """Drop and recreate the collection empty (before a rebuild from cached embeddings)."""
+        client = self._get_client()
+        try:
+            client.delete_collection(self.name)
+        except Exception as exc:  # noqa: BLE001 - "does not exist" has no stable exception type across versions
+            logger.debug("delete_collection(%s): %s", self.name, exc)
+        self._collection = None
+        self.open()

@@ -1,0 +1,321 @@
+"""A style library: image folders, one embedding model, a Chroma index and the caches that keep them honest.
+
+This is the engine's public face (the nodes and the CLI use only this and :mod:`.query`):
+``open_library`` → :class:`StyleLibrary` with ``sync``, ``add``, ``query`` and ``entries``.
+Writes (sync, add, rebuild) take a per-library file lock, because two processes writing one
+Chroma store silently lose vectors; readers notice other processes' writes through the
+generation counter and reopen the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from ..errors import InvalidImageError, LibraryError
+from ..rendering.images import write_image
+from .embedder import Embedder, ProgressCallback
+from .embedding_cache import EmbeddingCache
+from .folder import LibraryRoot, StyleMeta, normalise_tags, safe_relpath
+from .images import EMBED_SIDE, array_to_pil, open_rgb
+from .index import ChromaIndex, Hit, collection_name, is_url
+from .query import StyleMatch, StyleQuery, blend_weights, combine, exact_top_k
+from .state import FileRecord, SyncState
+from .sync import SyncReport, rebuild_index, sync, verify
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
+"""The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
+LOCK_TIMEOUT_S = 300.0
+"""How long a writer waits for another process's sync before giving up with an error."""
+
+
+def default_roots(user_styles: Path) -> list[LibraryRoot]:
+    """The default library: the shipped styles plus the user's own folder, where additions go."""
+    return [LibraryRoot(SHIPPED_LIBRARY, "builtin", writable=False), LibraryRoot(user_styles, "user", writable=True)]
+
+
+class StyleLibrary:
+    """One library indexed with one embedding model. Build it with :func:`open_library`."""
+
+    def __init__(
+        self,
+        roots: Sequence[LibraryRoot],
+        embedder: Embedder,
+        store_dir: Path,
+        *,
+        chroma_url: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not roots:
+            raise LibraryError("A style library needs at least one folder; give the folder of your style images.")
+        self.roots = list(roots)
+        self.embedder = embedder
+        self.store_dir = Path(store_dir)
+        self.name = name or self.roots[-1].path.name or "styles"
+        identity = "|".join(str(r.path.resolve()) for r in self.roots)
+        key = hashlib.sha256(identity.encode()).hexdigest()[:10]
+        self.collection = collection_name("styles", self.name[:60], key, embedder.model_key)
+        location: str | Path = chroma_url if chroma_url else self.store_dir / "chroma"
+        if chroma_url and not is_url(chroma_url):
+            raise LibraryError(f"The Chroma server URL {chroma_url!r} must start with http:// or https://.")
+        self.index = ChromaIndex(location, self.collection, embedder.model_key, embedder.dim)
+        self.cache = EmbeddingCache(self.store_dir / "embeddings.sqlite3")
+        self.state = SyncState(self.store_dir / "state.sqlite3", self.collection)
+        self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
+        self._seen_generation = -1
+        self._records: dict[str, FileRecord] = {}
+        self._matrix: np.ndarray | None = None
+        self._matrix_ids: list[str] = []
+
+    @property
+    def cache_key(self) -> str:
+        """Embedding-cache key: the model key plus the dimension, so no vector of another shape is ever reused."""
+        return f"{self.embedder.model_key}:{self.embedder.dim}"
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _locked(self) -> FileLock:
+        (self.store_dir / "locks").mkdir(parents=True, exist_ok=True)
+        return self._lock
+
+    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            with self._locked().acquire(timeout=LOCK_TIMEOUT_S):
+                if self.state.generation() != self._seen_generation:
+                    self.index.refresh()  # another process wrote: write on top of its vectors, not a stale copy
+                result = fn(*args, **kwargs)
+                self._after_write()
+                return result
+        except Timeout as exc:
+            raise LibraryError(
+                f"Another process has been writing the style library {self.name!r} for {LOCK_TIMEOUT_S:.0f} s "
+                f"(lock {self._lock.lock_file}); wait for it to finish, or stop the other ComfyUI/CLI using it."
+            ) from exc
+
+    def _after_write(self) -> None:
+        self._seen_generation = self.state.generation()
+        self._records = self.state.records()
+        self._matrix = None
+
+    def sync(self, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
+        """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch."""
+        if rebuild:
+            self.index.open(replace_other_model=True)
+        report: SyncReport = self._write(sync, self, rebuild=rebuild, progress=progress)
+        return report
+
+    def add(
+        self,
+        image: np.ndarray | Path,
+        name: str,
+        tags: Sequence[str] | str = (),
+        *,
+        filename: str | None = None,
+        text: dict[str, str] | None = None,
+    ) -> StyleMatch:
+        """Add a style (an image array or an image file) to the writable folder, with a sidecar, and index it.
+
+        Raises:
+            LibraryError: no writable folder, a filename outside it, or an empty name.
+            InvalidImageError: the image cannot be read.
+        """
+        root = next((r for r in reversed(self.roots) if r.writable), None)
+        if root is None:
+            raise LibraryError(
+                f"The style library {self.name!r} has no writable folder ({', '.join(str(r.path) for r in self.roots)} "
+                "are read-only); load it with a folder of your own to add styles."
+            )
+        if not name.strip():
+            raise LibraryError("The new style has an empty name; give it a name such as 'watercolour sketch'.")
+        tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
+        if isinstance(image, Path):
+            open_rgb(image, EMBED_SIDE)  # refuse unreadable files before copying them in
+            suffix = image.suffix.lower()
+        else:
+            array_to_pil(image)
+            suffix = ".png"
+        stem = re.sub(r"[^a-zA-Z0-9]+", "_", name).strip("_").lower()[:80] or "style"
+        relpath = safe_relpath(root.path, filename) if filename else None
+
+        def write() -> str:
+            nonlocal relpath
+            root.path.mkdir(parents=True, exist_ok=True)
+            if relpath is None:
+                relpath = f"{stem}{suffix}"
+                n = 2
+                while (root.path / relpath).exists():
+                    relpath, n = f"{stem}_{n}{suffix}", n + 1
+            target = root.path / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(image, Path):
+                shutil.copyfile(image, target)
+            else:
+                write_image(target, image)
+            sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
+            target.with_suffix(".json").write_text(json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8")
+            sync(self)
+            return relpath
+
+        relpath = self._write(write)
+        item_id = f"{root.label}/{relpath}" if root.label else str(relpath)
+        record = self.state.records().get(item_id)
+        if record is None or record.error is not None:
+            raise InvalidImageError(
+                f"The new style {item_id!r} could not be indexed: {record.error if record else 'not found after sync'}."
+            )
+        return self._match(Hit(item_id, 1.0), 1.0)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def refresh_if_changed(self) -> None:
+        """Reload state and reopen the store if another process wrote since we last looked."""
+        generation = self.state.generation()
+        if generation != self._seen_generation:
+            if self._seen_generation != -1:
+                self.index.refresh()
+            self._seen_generation = generation
+            self._records = self.state.records()
+            self._matrix = None
+
+    @property
+    def generation(self) -> int:
+        return self.state.generation()
+
+    def entries(self) -> list[FileRecord]:
+        """Every file of the library as last synced (skipped ones carry their ``error``), by id."""
+        self.refresh_if_changed()
+        return [self._records[i] for i in sorted(self._records)]
+
+    def path_of(self, record: FileRecord) -> Path:
+        root = next((r for r in self.roots if r.label == record.root), None)
+        if root is None:
+            raise LibraryError(f"The style {record.item_id!r} belongs to no folder of library {self.name!r}.")
+        return root.path / record.relpath
+
+    def query(self, query: StyleQuery) -> list[StyleMatch]:
+        """The ``k`` best styles for a text, an image or both, best first, with scores and blend weights.
+
+        Filtered queries (tags) are answered exactly from the cached embeddings; Chroma's own
+        filtered HNSW search loses recall. An unfiltered answer with fewer results than the library
+        holds means a damaged index: it is verified, rebuilt from the cache and asked again.
+
+        Raises:
+            LibraryError: the library has no indexed styles, or none carries the asked tags.
+        """
+        self.refresh_if_changed()
+        good = {i: r for i, r in self._records.items() if r.error is None}
+        if not good:
+            folders = ", ".join(str(r.path) for r in self.roots)
+            raise LibraryError(
+                f"The style library {self.name!r} has 0 indexed images; add images to {folders} (or with the "
+                "Add to Style Library node) and run again."
+            )
+        vector = self._query_vector(query)
+        if query.tags:
+            wanted = set(query.tags)
+            ids = [i for i, r in good.items() if wanted <= set(r.meta.tags)]
+            if not ids:
+                known = sorted({t for r in good.values() for t in r.meta.tags})
+                raise LibraryError(
+                    f"No style in library {self.name!r} has all the tags {list(query.tags)}; tags in the library: "
+                    f"{', '.join(known[:50]) or 'none'}. Change the tag filter or tag your styles."
+                )
+            matrix, row_ids = self._embedding_matrix()
+            rows = {item_id: n for n, item_id in enumerate(row_ids)}
+            hits = exact_top_k(matrix[[rows[i] for i in ids]], ids, vector, query.k)
+        else:
+            hits = self.index.query(vector, query.k)
+            if len(hits) < min(query.k, len(good)) or any(h.item_id not in good for h in hits):
+                self._repair()
+                hits = self.index.query(vector, query.k)
+        weights = blend_weights([h.score for h in hits], query.temperature)
+        return [self._match(h, w) for h, w in zip(hits, weights, strict=True)]
+
+    def _query_vector(self, query: StyleQuery) -> np.ndarray:
+        text_weight = query.text_weight
+        text_vec = self.embedder.embed_texts([query.text])[0] if text_weight > 0 else None
+        image_vec = None
+        if query.image is not None and text_weight < 1:
+            image_vec = self.embedder.embed_images([array_to_pil(query.image)])[0]
+        return combine(text_vec, image_vec, text_weight)
+
+    def _repair(self) -> None:
+        def repair() -> None:
+            records = self.state.records()
+            if not verify(self, records):
+                logger.warning("Style index %s returned too few results; rebuilding it.", self.collection)
+                rebuild_index(self, records)
+                self.state.bump()
+
+        self._write(repair)
+
+    def _embedding_matrix(self) -> tuple[np.ndarray, list[str]]:
+        """All good items' embeddings as one matrix (built once per generation) for exact search."""
+        if self._matrix is None:
+            ids = sorted(i for i, r in self._records.items() if r.error is None)
+            cached = self.cache.get_many(self.cache_key, (self._records[i].sha256 for i in ids))
+            missing = [i for i in ids if self._records[i].sha256 not in cached]
+            if missing:
+                self._repair_cache(missing, cached)
+            self._matrix = np.stack([cached[self._records[i].sha256] for i in ids]).astype(np.float32)
+            self._matrix_ids = ids
+        return self._matrix, self._matrix_ids
+
+    def _repair_cache(self, missing: list[str], cached: dict[str, np.ndarray]) -> None:
+        images = [open_rgb(self.path_of(self._records[i]), EMBED_SIDE) for i in missing]
+        vectors = dict(zip((self._records[i].sha256 for i in missing), self.embedder.embed_images(images), strict=True))
+        self.cache.put_many(self.cache_key, vectors)
+        cached.update(vectors)
+
+    def _match(self, hit: Hit, weight: float) -> StyleMatch:
+        record = self._records.get(hit.item_id) or self.state.records()[hit.item_id]
+        return StyleMatch(
+            item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight,
+            sha256=record.sha256,
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+        self.state.close()
+
+
+def open_library(
+    roots: Sequence[LibraryRoot],
+    embedder: Embedder,
+    store_dir: Path,
+    *,
+    chroma_url: str | None = None,
+    name: str | None = None,
+    rebuild: bool = False,
+    progress: ProgressCallback | None = None,
+) -> tuple[StyleLibrary, SyncReport]:
+    """Open (creating if needed) and sync a library; the returned report says what changed.
+
+    Raises:
+        LibraryModelMismatchError: the index was built with another model (pass ``rebuild=True`` to replace it).
+        LibraryError: a folder that is not a folder, or a lock held too long by another process.
+    """
+    for root in roots:
+        if root.path.exists() and not root.path.is_dir():
+            raise LibraryError(f"The style library folder {root.path} is a file; give a folder of images.")
+        if not root.writable and not root.path.is_dir():
+            raise LibraryError(f"The style library folder {root.path} does not exist; check the path.")
+    library = StyleLibrary(roots, embedder, store_dir, chroma_url=chroma_url, name=name)
+    if not rebuild:
+        library.index.open()
+    report = library.sync(rebuild=rebuild, progress=progress)
+    return library, report
+
+
+__all__ = ["LibraryRoot", "StyleLibrary", "StyleMeta", "default_roots", "open_library", "SHIPPED_LIBRARY"]

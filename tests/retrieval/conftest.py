@@ -1,0 +1,45 @@
+"""Fixtures of the retrieval tests: the tiny CLIP (built once), colour libraries with known geometry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from geometry import COLOURS, GeometryEmbedder, solid  # noqa: E402
+
+from sketch_rag.retrieval.embedder import ClipEmbedder  # noqa: E402
+from sketch_rag.retrieval.folder import LibraryRoot  # noqa: E402
+from sketch_rag.retrieval.library import StyleLibrary, open_library  # noqa: E402
+from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER, write_tiny_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    write_tiny_clip(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_models_dir: Path) -> ClipEmbedder:
+    return ClipEmbedder.load("tiny-random-clip", device="cpu", search_dirs=[tiny_models_dir / CLIP_MODELS_SUBFOLDER])
+
+
+@pytest.fixture
+def colour_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "styles"
+    for name, colour in COLOURS.items():
+        solid(folder / f"{name}.png", colour)
+    (folder / "orange.json").write_text('{"name": "Orange glow", "tags": ["warm", "Bright"]}', encoding="utf-8")
+    (folder / "red.json").write_text('{"tags": ["warm"]}', encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def colour_library(colour_folder: Path, tmp_path: Path) -> StyleLibrary:
+    library, _ = open_library([LibraryRoot(colour_folder, "")], GeometryEmbedder(), tmp_path / "store")
+    return library

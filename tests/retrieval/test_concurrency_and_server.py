@@ -1,0 +1,88 @@
+"""Two writer processes on one library, and the same index on a real Chroma server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from geometry import COLOURS, GeometryEmbedder
+
+from sketch_rag.errors import LibraryError
+from sketch_rag.retrieval.folder import LibraryRoot
+from sketch_rag.retrieval.library import open_library
+from sketch_rag.retrieval.query import StyleQuery
+from sketch_rag.retrieval.sync import verify
+
+HELPER = Path(__file__).with_name("geometry.py")
+CHROMA = Path(sys.executable).with_name("chroma")
+
+
+@pytest.mark.slow
+def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path) -> None:
+    folder, store = tmp_path / "styles", tmp_path / "store"
+    folder.mkdir()
+    n = 12
+    writers = [
+        subprocess.Popen([sys.executable, str(HELPER), str(store), str(folder), prefix, str(n)])
+        for prefix in ("alpha", "beta")
+    ]
+    assert [w.wait(timeout=240) for w in writers] == [0, 0]
+    library, report = open_library([LibraryRoot(folder, "")], GeometryEmbedder(), store)
+    assert report.total == 2 * n and not report.added and not report.rebuilt
+    records = library.state.records()
+    everything = {i: library.cache.get_many(library.cache_key, [r.sha256])[r.sha256] for i, r in records.items()}
+    assert library.index.self_test(everything), "a vector written by one of the processes cannot be found"
+    assert verify(library, records)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path):
+    port = _free_port()
+    log = (tmp_path / "chroma.log").open("wb")
+    server = subprocess.Popen(
+        [str(CHROMA), "run", "--path", str(tmp_path / "server_db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "chroma.log").read_text()  # exits 0 when the port is taken
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_library_on_a_chroma_server(colour_folder: Path, tmp_path: Path, chroma_server: str) -> None:
+    library, report = open_library(
+        [LibraryRoot(colour_folder, "")], GeometryEmbedder(), tmp_path / "local", chroma_url=chroma_server
+    )
+    assert report.total == len(COLOURS) and not (tmp_path / "local" / "chroma").exists()
+    assert [m.item_id for m in library.query(StyleQuery(text="red", k=2))] == ["red.png", "orange.png"]
+    (colour_folder / "green.png").unlink()
+    library, report = open_library(
+        [LibraryRoot(colour_folder, "")], GeometryEmbedder(), tmp_path / "local", chroma_url=chroma_server
+    )
+    assert report.removed == ["green.png"] and library.index.count() == len(COLOURS) - 1
+
+
+def test_unreachable_chroma_server_is_a_clear_error(colour_folder: Path, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(LibraryError, match="Cannot reach the Chroma server"):
+        open_library([LibraryRoot(colour_folder, "")], GeometryEmbedder(), tmp_path / "local", chroma_url=url)
