@@ -1,0 +1,289 @@
+"""Benchmark: our hybrid node path against a plain diffusers ControlNet + IP-Adapter call, same models and inputs.
+
+Builds random-initialised **full-size** SD1.5, ControlNet, ViT-H image encoder and IP-Adapter (timing and
+memory do not depend on weight values), writes them as the single files ComfyUI users keep, loads them
+through the engine (``PipelineCache``), then times ``HybridPipeline.render`` against
+``StableDiffusionControlNetPipeline(...)(ip_adapter_image=...)`` on the very same modules.
+
+    python bench/render.py                                     # CPU: 128 px, 4 steps, batch 1
+    python bench/render.py --device cuda --size 512 --steps 20 --batch 1 4
+
+Ends with one JSON line: device, overhead_ratio, peak_mem_ratio, warm_loads, s_per_image (+ details).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from sketch_rag.rendering import architectures as arch  # noqa: E402
+from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec  # noqa: E402
+from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
+from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest  # noqa: E402
+
+SD15 = arch.Sd15Widths((320, 640, 1280, 1280), 768, (128, 256, 512, 512), 768, 3072, 12, 49408, 77)
+
+
+def write_full_size_models(root: Path) -> PipelineSpec:
+    """Random full-size models as fp16 single files (checkpoint, ControlNet, IP-Adapter, ViT-H encoder)."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    for sub in ("checkpoints", "controlnet", "ipadapter", "clip_vision"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    unet = UNet2DConditionModel.from_config(arch.unet_config(SD15.unet_channels, SD15.cross_attention_dim))
+    vae = AutoencoderKL.from_config(arch.vae_config(SD15.vae_channels))
+    text = CLIPTextModel(CLIPTextConfig(**arch.text_encoder_config(SD15)))
+    save_file(sd15_checkpoint(unet, vae, text, dtype=torch.float16), str(root / "checkpoints" / "sd15.safetensors"))
+    del vae, text
+    controlnet = ControlNetModel.from_unet(unet)
+    save_file(
+        controlnet_checkpoint(controlnet, prefix="", dtype=torch.float16),
+        str(root / "controlnet" / "control_sd15_canny.safetensors"),
+    )
+    del controlnet
+    ip: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": torch.randn(768 * 4, 1024) * 0.02,
+        "image_proj.proj.bias": torch.zeros(768 * 4),
+        "image_proj.norm.weight": torch.ones(768),
+        "image_proj.norm.bias": torch.zeros(768),
+    }
+    channels = list(SD15.unet_channels)
+    for index, name in enumerate(unet.attn_processors):
+        if name.endswith("attn2.processor"):
+            block = name.split(".")
+            hidden = (
+                channels[-1]
+                if block[0] == "mid_block"
+                else channels[::-1][int(block[1])]
+                if block[0] == "up_blocks"
+                else channels[int(block[1])]
+            )
+            ip[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, 768) * 0.02
+            ip[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, 768) * 0.02
+    save_file({k: v.half() for k, v in ip.items()}, str(root / "ipadapter" / "ip-adapter_sd15.safetensors"))
+    del unet
+    gc.collect()
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.read_config(arch.IMAGE_ENCODER_CONFIG_DIR)))
+    save_file(
+        {k: v.half().contiguous() for k, v in vision.state_dict().items()},
+        str(root / "clip_vision" / "CLIP-ViT-H-14.safetensors"),
+    )
+    del vision
+    gc.collect()
+    return PipelineSpec(
+        root / "checkpoints" / "sd15.safetensors",
+        root / "controlnet" / "control_sd15_canny.safetensors",
+        root / "ipadapter" / "ip-adapter_sd15.safetensors",
+        root / "clip_vision" / "CLIP-ViT-H-14.safetensors",
+    )
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator on a GPU, sampled process RSS on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._process = psutil.Process()
+            self._base = self._process.memory_info().rss
+            self._top = self._base
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._top = max(self._top, self._process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = self._top - self._base
+
+
+def timed(run: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, int]:
+    """Median seconds and largest peak memory of ``repeats`` warm runs."""
+    times, peaks = [], []
+    for _ in range(repeats):
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        peaks.append(memory.peak)
+    return statistics.median(times), max(peaks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=None, help="square side (default: 128 on CPU, 512 on CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 4 on CPU, 20 on CUDA")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--models-dir", type=Path, default=None, help="reuse full-size files written here before")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    size = args.size or (512 if device.type == "cuda" else 128)
+    steps = args.steps or (20 if device.type == "cuda" else 4)
+
+    tmp = None
+    root = args.models_dir
+    if root is None or not (root / "checkpoints" / "sd15.safetensors").exists():
+        if root is None:
+            tmp = tempfile.TemporaryDirectory(prefix="sketch-rag-bench-")
+            root = Path(tmp.name)
+        start = time.perf_counter()
+        spec = write_full_size_models(root)
+        print(f"wrote full-size random models in {time.perf_counter() - start:.1f} s")
+    spec = PipelineSpec(
+        root / "checkpoints" / "sd15.safetensors",
+        root / "controlnet" / "control_sd15_canny.safetensors",
+        root / "ipadapter" / "ip-adapter_sd15.safetensors",
+        root / "clip_vision" / "CLIP-ViT-H-14.safetensors",
+        dtype=args.dtype,
+        device=str(device),
+    )
+
+    cache = PipelineCache()
+    start = time.perf_counter()
+    hybrid = cache.get(spec)
+    load_s = time.perf_counter() - start
+    print(f"cold load through the engine: {load_s:.1f} s, loads {dict(cache.loads)}")
+
+    edges = np.zeros((size, size), np.uint8)
+    edges[size // 4 : 3 * size // 4, size // 4] = edges[size // 4, size // 4 : 3 * size // 4] = 255
+    style = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+
+    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from PIL import Image
+
+    p = hybrid.pipe
+    plain: Any = StableDiffusionControlNetPipeline(
+        vae=p.vae,
+        text_encoder=p.text_encoder,
+        tokenizer=p.tokenizer,
+        unet=p.unet,
+        controlnet=p.controlnet,
+        scheduler=UniPCMultistepScheduler.from_config(p.scheduler.config),
+        safety_checker=None,
+        feature_extractor=p.feature_extractor,
+        image_encoder=p.image_encoder,
+        requires_safety_checker=False,
+    )
+    plain.set_progress_bar_config(disable=True)
+
+    results: dict[str, Any] = {}
+    for batch in args.batch:
+        request = RenderRequest(
+            "a watercolor house",
+            edges,
+            [style],
+            negative_prompt="blurry",
+            num_inference_steps=steps,
+            width=size,
+            height=size,
+            ip_adapter_scale=0.8,
+            ip_adapter_mode=IpAdapterMode.FULL,
+            num_images_per_prompt=batch,
+        )
+
+        def ours(request: RenderRequest = request) -> Any:
+            return cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
+
+        def reference(batch: int = batch) -> Any:
+            plain.set_ip_adapter_scale(0.8)
+            with torch.inference_mode():
+                return plain(
+                    "a watercolor house",
+                    negative_prompt="blurry",
+                    image=Image.fromarray(edges).convert("RGB"),
+                    ip_adapter_image=Image.fromarray(style),
+                    num_inference_steps=steps,
+                    height=size,
+                    width=size,
+                    guidance_scale=7.5,
+                    controlnet_conditioning_scale=1.5,
+                    num_images_per_prompt=batch,
+                    generator=torch.Generator().manual_seed(0),
+                    output_type="np",
+                ).images
+
+        ours()  # warm-up (kernels, allocator); also the "second run" whose loads we count
+        loads_before = sum(cache.loads.values())
+        reference()
+        ours_s, ours_mem = timed(ours, device, args.repeats)
+        plain_s, plain_mem = timed(reference, device, args.repeats)
+        warm_loads = sum(cache.loads.values()) - loads_before
+        results[str(batch)] = {
+            "ours_s": round(ours_s, 3),
+            "plain_s": round(plain_s, 3),
+            "overhead_ratio": round(ours_s / plain_s, 4),
+            "peak_mem_ours_mb": round(ours_mem / 2**20, 1),
+            "peak_mem_plain_mb": round(plain_mem / 2**20, 1),
+            "peak_mem_ratio": round(ours_mem / max(plain_mem, 1), 4),
+            "warm_loads": warm_loads,
+            "s_per_image": round(ours_s / batch, 3),
+            "images_per_s": round(batch / ours_s, 3),
+        }
+        print(f"batch {batch}: {results[str(batch)]}")
+
+    first = results[str(args.batch[0])]
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else f"cpu ({torch.get_num_threads()} threads)",
+                "overhead_ratio": first["overhead_ratio"],
+                "peak_mem_ratio": first["peak_mem_ratio"],
+                "warm_loads": max(r["warm_loads"] for r in results.values()),
+                "s_per_image": first["s_per_image"],
+                "size": size,
+                "steps": steps,
+                "dtype": str(hybrid.pipe.unet.dtype).replace("torch.", ""),
+                "cold_load_s": round(load_s, 2),
+                "by_batch": results,
+            }
+        )
+    )
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

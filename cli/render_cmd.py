@@ -1,0 +1,160 @@
+"""``sketch-rag render``: sketch + prompt + style → image, in-process with the same engine as the nodes.
+
+The style is a given image (``--style``) or the best match for the prompt in a style library (``--library``,
+through the retrieval engine). Models come from a ComfyUI-style ``models/`` folder; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError, ModelNotFoundError
+
+HOME = Path.home() / ".sketch-rag"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``render`` command."""
+    from ..rendering import render_request as rr
+
+    render = commands.add_parser("render", help="render a sketch in a style (SD1.5 + ControlNet + IP-Adapter)")
+    render.add_argument("--sketch", type=Path, required=True, help="the sketch image")
+    render.add_argument("--prompt", required=True, help="what to render")
+    source = render.add_mutually_exclusive_group(required=True)
+    source.add_argument("--style", type=Path, help="the style reference image")
+    source.add_argument("--library", type=Path, help="a style library folder; the best match for the prompt is used")
+    render.add_argument(
+        "--models-dir",
+        type=Path,
+        required=True,
+        help="a ComfyUI models/ folder (checkpoints, controlnet, ipadapter, clip_vision)",
+    )
+    render.add_argument("--out", type=Path, required=True, help="output PNG")
+    render.add_argument("--seed", type=int, default=0)
+    render.add_argument("--steps", type=int, default=rr.DEFAULT_STEPS)
+    render.add_argument("--negative-prompt", default="blurry, low quality")
+    render.add_argument("--guidance-scale", type=float, default=rr.DEFAULT_GUIDANCE_SCALE)
+    render.add_argument("--controlnet-scale", type=float, default=rr.DEFAULT_CONTROLNET_SCALE)
+    render.add_argument("--ip-adapter-scale", type=float, default=rr.DEFAULT_IP_ADAPTER_SCALE)
+    render.add_argument(
+        "--mode",
+        choices=[m.value for m in rr.IpAdapterMode],
+        default="style",
+        help="IP-Adapter blocks: style (default), composition, style_and_composition, full",
+    )
+    render.add_argument("--width", type=int, default=0, help="multiple of 8; 0 follows the sketch's aspect")
+    render.add_argument("--height", type=int, default=0, help="multiple of 8; 0 follows the sketch's aspect")
+    render.add_argument("--checkpoint", help="file in <models-dir>/checkpoints (default: the first found)")
+    render.add_argument("--controlnet", help="file in <models-dir>/controlnet (default: the first found)")
+    render.add_argument("--ip-adapter", help="file in <models-dir>/ipadapter (default: the first found)")
+    render.add_argument("--image-encoder", help="file in <models-dir>/clip_vision (default: the first found)")
+    render.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    render.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    render.add_argument("--store", default=str(HOME / "store"), help="library index folder (with --library)")
+    render.set_defaults(run=_render)
+
+
+def _pick(models_dir: Path, kind: str, name: str | None) -> Path:
+    from ..rendering.model_files import candidates, resolve_model
+
+    folder = models_dir / kind
+    if name is None:
+        found = candidates(folder)
+        if not found:
+            resolve_model("(none given)", folder, kind)  # raises the error that lists what to download
+        name = found[0]
+    return resolve_model(name, folder, kind)
+
+
+def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
+    """The library's best match for the prompt: (image path, name, score)."""
+    from ..retrieval.embedder import ClipEmbedder, is_clip_folder
+    from ..retrieval.folder import LibraryRoot
+    from ..retrieval.library import open_library
+    from ..retrieval.query import StyleQuery
+    from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+
+    if not args.library.is_dir():
+        raise InvalidParameterError(f"--library {args.library} is not a folder; give a folder of style images.")
+    model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
+    models = sorted(p.name for p in model_dir.iterdir() if is_clip_folder(p)) if model_dir.is_dir() else []
+    if not models:
+        raise ModelNotFoundError(
+            f"No CLIP model for style retrieval in {model_dir}; put a transformers CLIP folder there "
+            "(e.g. openai/clip-vit-base-patch32) or use --style IMAGE."
+        )
+    embedder = ClipEmbedder.load(models[0], search_dirs=[model_dir])
+    library, _report = open_library([LibraryRoot(args.library, "")], embedder, Path(args.store))
+    try:
+        matches = library.query(StyleQuery(text=args.prompt, k=1))
+    finally:
+        library.close()
+    if not matches:
+        raise InvalidParameterError(f"The style library {args.library} has no images; add some or use --style.")
+    return matches[0].path, matches[0].name, float(matches[0].score)
+
+
+def _render(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..rendering.canny import sketch_to_edges
+    from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+    from ..rendering.images import read_image, write_image
+    from ..rendering.render_request import IpAdapterMode, RenderRequest
+
+    if args.style is not None:
+        style_path, style_name, score = args.style, args.style.stem, None
+    else:
+        style_path, style_name, score = _style_from_library(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = PipelineSpec(
+        checkpoint=_pick(args.models_dir, "checkpoints", args.checkpoint),
+        controlnet=_pick(args.models_dir, "controlnet", args.controlnet),
+        ip_adapter=_pick(args.models_dir, "ipadapter", args.ip_adapter),
+        image_encoder=_pick(args.models_dir, "clip_vision", args.image_encoder),
+        dtype=args.dtype,
+        device=device,
+    )
+    edges = sketch_to_edges(read_image(args.sketch))
+    request = RenderRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        control_image=edges,
+        style_images=[read_image(style_path)],
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        controlnet_conditioning_scale=args.controlnet_scale,
+        ip_adapter_scale=args.ip_adapter_scale,
+        ip_adapter_mode=IpAdapterMode(args.mode),
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+    )
+    start = time.perf_counter()
+    pipeline = DEFAULT_CACHE.get(spec)
+    loaded = time.perf_counter()
+    image = pipeline.render(request)[0]
+    done = time.perf_counter()
+    write_image(args.out, image)
+    report: dict[str, Any] = {
+        "out": str(args.out),
+        "style": style_name,
+        "style_path": str(style_path),
+        "style_score": score,
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "seed": args.seed,
+        "steps": args.steps,
+        "checkpoint": spec.checkpoint.name,
+        "controlnet": spec.controlnet.name,
+        "ip_adapter": spec.ip_adapter.name if spec.ip_adapter else None,
+        "device": device,
+        "load_s": round(loaded - start, 3),
+        "render_s": round(done - loaded, 3),
+    }
+    print(json.dumps(report))
+    return 0

@@ -1,0 +1,400 @@
+"""Hybrid pipeline loader + Hybrid ControlNet + IP-Adapter Sampler nodes: thin adapters over ``rendering``.
+
+The loader resolves dropdown names through ``folder_paths`` and hands the engine's warm pipeline to the
+sampler as SKETCHRAG_HYBRID_PIPELINE; the sampler converts tensors, wires ComfyUI's progress bar, latent
+preview and interrupt into the engine's callbacks, and lets ComfyUI's model management reclaim the memory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..rendering import render_request as rr
+from .common import CATEGORY, NODE_PREFIX
+from .tensors import arrays_to_image_batch, image_batch_to_arrays
+
+HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
+
+IPADAPTER_FOLDER = "ipadapter"
+NONE_CHOICE = "none"
+DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
+
+
+def _register_ipadapter_folder() -> None:
+    """``models/ipadapter`` is not a core ComfyUI folder; IP-Adapter packs register it, we do too if missing.
+
+    Called when a schema is built (not at import), so importing the pack changes nothing in ComfyUI.
+    """
+    import folder_paths
+
+    if IPADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[IPADAPTER_FOLDER] = (
+            [os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)],
+            folder_paths.supported_pt_extensions,
+        )
+
+
+def _choices(folder: str, optional: bool = False) -> list[str]:
+    import folder_paths
+
+    names = list(folder_paths.get_filename_list(folder))
+    return ([NONE_CHOICE] if optional else []) + names
+
+
+def _full_path(folder: str, name: str) -> Path:
+    """Dropdown name -> path; a name ComfyUI does not know goes to the engine's resolver for its clear error."""
+    import folder_paths
+
+    from ..rendering.model_files import resolve_model
+
+    found = folder_paths.get_full_path(folder, name)
+    if found:
+        return Path(found)
+    return resolve_model(name, Path(folder_paths.get_folder_paths(folder)[0]), folder)
+
+
+class HybridPipelineLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        _register_ipadapter_folder()
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}HybridPipelineLoader",
+            display_name="Hybrid Pipeline Loader (SD1.5 + ControlNet + IP-Adapter)",
+            category=CATEGORY,
+            description=(
+                "Loads an SD1.5 checkpoint, a canny ControlNet and an IP-Adapter with its image encoder once and "
+                "keeps them warm; changing one file reloads only that model."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "checkpoint",
+                    options=_choices("checkpoints"),
+                    tooltip="SD1.5 single-file checkpoint from models/checkpoints.",
+                ),
+                io.Combo.Input(
+                    "controlnet",
+                    options=_choices("controlnet"),
+                    tooltip="SD1.5 canny ControlNet from models/controlnet (.pth or .safetensors).",
+                ),
+                io.Combo.Input(
+                    "ip_adapter",
+                    options=_choices(IPADAPTER_FOLDER, optional=True),
+                    tooltip="ip-adapter_sd15 or ip-adapter-plus_sd15 from models/ipadapter; 'none' "
+                    "renders without style references.",
+                ),
+                io.Combo.Input(
+                    "image_encoder",
+                    options=_choices("clip_vision", optional=True),
+                    tooltip="The ViT-H/14 image encoder the IP-Adapter was trained with, from "
+                    "models/clip_vision; 'none' only together with ip_adapter 'none'.",
+                ),
+                io.Combo.Input(
+                    "dtype", options=DTYPE_CHOICES, default="auto", tooltip="auto: fp16 on a GPU, fp32 on the CPU."
+                ),
+                io.Boolean.Input(
+                    "attention_slicing",
+                    default=False,
+                    tooltip="Compute self-attention in slices: less GPU memory, a little slower.",
+                ),
+                io.Boolean.Input(
+                    "vae_tiling",
+                    default=False,
+                    tooltip="Decode the image in tiles: needed for large images on small GPUs.",
+                ),
+            ],
+            outputs=[
+                HybridPipelineType.Output(display_name="pipeline", tooltip="The warm pipeline, for the Hybrid Sampler.")
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        checkpoint: str,
+        controlnet: str,
+        ip_adapter: str,
+        image_encoder: str,
+        dtype: str = "auto",
+        attention_slicing: bool = False,
+        vae_tiling: bool = False,
+    ) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+
+        _register_ipadapter_folder()
+        spec = PipelineSpec(
+            checkpoint=_full_path("checkpoints", checkpoint),
+            controlnet=_full_path("controlnet", controlnet),
+            ip_adapter=None if ip_adapter == NONE_CHOICE else _full_path(IPADAPTER_FOLDER, ip_adapter),
+            image_encoder=None if image_encoder == NONE_CHOICE else _full_path("clip_vision", image_encoder),
+            dtype=dtype,
+            device=str(mm.get_torch_device()),
+            attention_slicing=attention_slicing,
+            vae_tiling=vae_tiling,
+        )
+        DEFAULT_CACHE.get(spec)  # load now, so a bad file fails on the loader node, not on the sampler
+        return io.NodeOutput(spec)
+
+
+class HybridSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}HybridSampler",
+            display_name="Hybrid ControlNet + IP-Adapter Sampler",
+            category=CATEGORY,
+            description=(
+                "Renders the sketch with SD1.5: structure locked by the canny ControlNet, style taken from the "
+                "reference image(s) through IP-Adapter."
+            ),
+            inputs=[
+                HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader."),
+                io.String.Input("prompt", multiline=True, default="", tooltip="What to render."),
+                io.String.Input(
+                    "negative_prompt", multiline=True, default="blurry, low quality", tooltip="What to steer away from."
+                ),
+                io.Image.Input(
+                    "edges", tooltip="The edge map (e.g. from Canny Sketch Preprocessor); its aspect sets the output's."
+                ),
+                io.Image.Input(
+                    "style",
+                    optional=True,
+                    tooltip="Style reference batch (e.g. from CLIP Style Retriever); needed when the "
+                    "pipeline has an IP-Adapter.",
+                ),
+                io.String.Input(
+                    "style_weights",
+                    default="",
+                    optional=True,
+                    tooltip="Comma-separated weight per style image (e.g. the retriever's scores); empty "
+                    "weighs them equally.",
+                ),
+                io.Float.Input(
+                    "controlnet_conditioning_scale",
+                    default=rr.DEFAULT_CONTROLNET_SCALE,
+                    min=0.0,
+                    max=rr.MAX_CONTROLNET_SCALE,
+                    step=0.05,
+                    tooltip="How firmly the edges hold the structure; 0 ignores them.",
+                ),
+                io.Float.Input(
+                    "control_guidance_start",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the steps at which ControlNet starts.",
+                ),
+                io.Float.Input(
+                    "control_guidance_end",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the steps at which ControlNet stops.",
+                ),
+                io.Float.Input(
+                    "ip_adapter_scale",
+                    default=rr.DEFAULT_IP_ADAPTER_SCALE,
+                    min=0.0,
+                    max=rr.MAX_IP_ADAPTER_SCALE,
+                    step=0.05,
+                    tooltip="How strongly the style reference steers the render; 0 ignores it.",
+                ),
+                io.Combo.Input(
+                    "ip_adapter_mode",
+                    options=[m.value for m in rr.IpAdapterMode],
+                    default="style",
+                    tooltip="style: only SD1.5's style block (no content leak from the reference); "
+                    "composition: layout blocks; full: every block.",
+                ),
+                io.Int.Input(
+                    "num_inference_steps",
+                    default=rr.DEFAULT_STEPS,
+                    min=1,
+                    max=rr.MAX_STEPS,
+                    tooltip="Denoising steps (UniPC); 20 is plenty for SD1.5.",
+                ),
+                io.Float.Input(
+                    "guidance_scale",
+                    default=rr.DEFAULT_GUIDANCE_SCALE,
+                    min=0.0,
+                    max=rr.MAX_GUIDANCE_SCALE,
+                    step=0.1,
+                    tooltip="Classifier-free guidance (CFG).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Same seed and inputs give the same image.",
+                ),
+                io.Int.Input(
+                    "width",
+                    default=0,
+                    min=0,
+                    max=rr.MAX_SIDE,
+                    step=8,
+                    tooltip="Output width (multiple of 8); 0 follows the edge map's aspect.",
+                ),
+                io.Int.Input(
+                    "height",
+                    default=0,
+                    min=0,
+                    max=rr.MAX_SIDE,
+                    step=8,
+                    tooltip="Output height (multiple of 8); 0 follows the edge map's aspect.",
+                ),
+                io.Int.Input("batch_size", default=1, min=1, max=rr.MAX_BATCH, tooltip="Images per run."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        pipeline: Any,
+        prompt: str,
+        negative_prompt: str,
+        edges: torch.Tensor,
+        style: torch.Tensor | None = None,
+        style_weights: str = "",
+        controlnet_conditioning_scale: float = rr.DEFAULT_CONTROLNET_SCALE,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
+        ip_adapter_scale: float = rr.DEFAULT_IP_ADAPTER_SCALE,
+        ip_adapter_mode: str = "style",
+        num_inference_steps: int = rr.DEFAULT_STEPS,
+        guidance_scale: float = rr.DEFAULT_GUIDANCE_SCALE,
+        seed: int = 0,
+        width: int = 0,
+        height: int = 0,
+        batch_size: int = 1,
+    ) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..errors import RenderInterruptedError
+        from ..rendering.hybrid_pipeline import DEFAULT_CACHE
+
+        control = image_batch_to_arrays(edges, "edges")
+        styles = image_batch_to_arrays(style, "style") if style is not None else []
+        request = rr.RenderRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            control_image=control[0],
+            style_images=styles,
+            style_weights=_parse_weights(style_weights, len(styles)),
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
+            ip_adapter_scale=ip_adapter_scale,
+            ip_adapter_mode=rr.IpAdapterMode(ip_adapter_mode),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            width=width,
+            height=height,
+            num_images_per_prompt=batch_size,
+        )
+        hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
+        register_with_model_management(DEFAULT_CACHE, hybrid)
+        try:
+            images = hybrid.render(
+                request, on_step=comfy_step_callback(num_inference_steps), should_stop=mm.processing_interrupted
+            )
+        except RenderInterruptedError:
+            mm.throw_exception_if_processing_interrupted()  # ComfyUI's own interrupt exception and message
+            raise
+        return io.NodeOutput(arrays_to_image_batch(list(images)))
+
+
+def comfy_step_callback(total: int) -> Any:
+    """ComfyUI's progress bar, with a latent preview, as the engine's per-step callback."""
+    import comfy.latent_formats
+    import comfy.model_management as mm
+    import latent_preview
+    from comfy.utils import ProgressBar
+
+    bar = ProgressBar(total)
+    previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
+
+    def on_step(step: int, steps: int, latents: torch.Tensor) -> None:
+        # diffusers' latents are already scaled by the VAE factor: the space SD15's preview factors expect.
+        preview = previewer.decode_latent_to_preview_image("JPEG", latents[:1].float()) if previewer else None
+        bar.update_absolute(step, steps, preview)
+
+    return on_step
+
+
+# The one ModelPatcher that represents our warm models in ComfyUI's model management (see below).
+_REGISTERED: dict[str, Any] = {}
+
+
+def register_with_model_management(cache: Any, hybrid: Any) -> None:
+    """Let ComfyUI account for and free the warm models like its own.
+
+    The models are wrapped in a ``ModelPatcher`` and loaded through ``load_models_gpu``: ComfyUI then counts
+    their memory when it makes room for other models, and when it unloads them (to free memory, or on
+    ``/free`` / the Unload Models button) its ``ON_DETACH`` callback releases the engine's cache. Only this
+    module holds the patcher, so ComfyUI's entry goes away with it.
+    """
+    import comfy.model_management as mm
+    from comfy.model_patcher import CallbacksMP, ModelPatcher
+
+    pipe = hybrid.pipe
+    key = f"{id(pipe)}:{id(pipe.unet)}:{id(pipe.controlnet)}:{id(pipe.image_encoder)}"
+    if _REGISTERED.get("key") != key:
+        parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "controlnet": pipe.controlnet}
+        if pipe.image_encoder is not None:
+            parts["image_encoder"] = pipe.image_encoder
+        modules = torch.nn.ModuleDict(parts)
+        device = next(pipe.unet.parameters()).device
+        patcher = ModelPatcher(modules, load_device=device, offload_device=device)
+
+        def released(p: Any, _unpatch_all: bool) -> None:
+            held: torch.nn.ModuleDict = p.model
+            # load_models_gpu detaches a model it already holds before loading it again; a patcher being
+            # replaced (or collected) is not an unload of the current models either.
+            if _REGISTERED.get("reloading") or _REGISTERED.get("patcher") is not p:
+                return
+            cache.release()
+            held.clear()  # the ModuleDict's references too, or the weights would outlive the release
+            # The patcher itself stays referenced until the next registration: dropping it here, inside
+            # ComfyUI's free_memory loop, would let its finalizer edit the list ComfyUI is iterating.
+            _REGISTERED["key"] = None
+
+        patcher.add_callback(CallbacksMP.ON_DETACH, released)
+        _REGISTERED.clear()
+        _REGISTERED.update(key=key, patcher=patcher)
+    _REGISTERED["reloading"] = True
+    try:
+        mm.load_models_gpu([_REGISTERED["patcher"]], force_full_load=True)
+    finally:
+        _REGISTERED["reloading"] = False
+
+
+def _parse_weights(text: str, count: int) -> list[float] | None:
+    from ..errors import InvalidParameterError
+
+    if not text.strip():
+        return None
+    try:
+        weights = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError as exc:
+        raise InvalidParameterError(
+            f"style_weights {text!r} is not a comma-separated list of numbers; write e.g. '0.7, 0.3' or leave it empty."
+        ) from exc
+    if len(weights) != count:
+        raise InvalidParameterError(
+            f"style_weights has {len(weights)} value(s) for {count} style image(s); "
+            "give one per image or leave it empty."
+        )
+    return weights

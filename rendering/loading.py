@@ -1,0 +1,257 @@
+"""Loading each model of the hybrid pipeline from a local file or diffusers folder, never from a hub.
+
+Every loader checks the file against what the sampler needs (family, widths, completeness) *before* building
+anything, so a wrong pick fails in milliseconds with a message naming the file and the fix, and never
+leaves a half-built model behind. Single files go through diffusers' own ``from_single_file`` with a local
+config folder (the shipped SD1.5 configs, widths taken from the file): without ``config=`` diffusers goes to
+the Hub even when told ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelMismatchError
+from . import architectures as arch
+from .model_files import load_state_dict, read_shapes
+
+log = logging.getLogger(__name__)
+
+SD15_CROSS_ATTENTION_LAYERS = 16
+
+
+def force_offline() -> None:
+    """Make every Hugging Face call fail fast instead of reaching (or hanging on) the network.
+
+    ``HF_HUB_OFFLINE`` is read when huggingface_hub is imported; inside ComfyUI it already is, so the
+    constant is set too (measured: 0 connections afterwards). All loads here are local; this is the guard
+    that turns a forgotten code path into an immediate error rather than a multi-minute hang.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move a model to ``device``/``dtype`` for inference, touching only what differs.
+
+    diffusers logs a warning on every dtype cast through ``.to``, even a no-op one; the loaders already
+    produce ``dtype``, so a cast happens only for odd files (e.g. an fp32 encoder for an fp16 run).
+    """
+    first = next(module.parameters())
+    if first.dtype != dtype:
+        module.to(dtype=dtype)
+    if first.device != device:
+        module.to(device=device)
+    return module.eval().requires_grad_(False)
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """diffusers draws a tqdm bar and logs dtype-cast notes for every load; inside ComfyUI that is console noise.
+
+    Errors still surface as exceptions; only diffusers' info/warning log lines are held back during loads.
+    """
+    from diffusers.utils import logging as diffusers_logging
+
+    enabled = diffusers_logging.is_progress_bar_enabled()
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        if enabled:
+            diffusers_logging.enable_progress_bar()
+
+
+@dataclass
+class Sd15Parts:
+    """What one SD1.5 checkpoint provides."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+def _check_tokenizer(tokenizer: Any, vocab_size: int, source: Path) -> None:
+    # transformers 5 silently builds a 2-token tokenizer from a missing vocabulary; the pipeline then fails
+    # only at generation time with an OverflowError. Refuse it here.
+    if len(tokenizer) != vocab_size or tokenizer.model_max_length != 77:
+        raise ModelMismatchError(
+            f"The CLIP tokenizer for {source.name} has {len(tokenizer)} tokens and max length "
+            f"{tokenizer.model_max_length}; the text encoder expects {vocab_size} and 77. The tokenizer files "
+            f"(vocab.json, merges.txt) are missing or damaged: reinstall the pack (rendering/configs/sd15/tokenizer)."
+        )
+
+
+def check_sd15(path: Path) -> None:
+    """Refuse a file that is not an SD1.5 checkpoint, reading only its header (safetensors) where possible."""
+    if not path.is_dir():
+        arch.sd15_widths(read_shapes(path), path)
+
+
+def check_controlnet(path: Path, cross_attention_dim: int) -> None:
+    """Refuse a file that is not an SD1.5 ControlNet for this text width, before any model is dropped."""
+    if not path.is_dir():
+        arch.controlnet_widths(read_shapes(path), path, cross_attention_dim)
+
+
+def check_image_encoder(path: Path) -> None:
+    """Refuse a file that is not a CLIP vision tower with projection, before any model is dropped."""
+    if not path.is_dir():
+        arch.image_encoder_dims(read_shapes(path), path)
+
+
+def load_sd15(path: Path, dtype: torch.dtype, device: torch.device) -> Sd15Parts:
+    """UNet, VAE, text encoder, tokenizer and scheduler from an SD1.5 single file or diffusers folder.
+
+    Raises:
+        ModelMismatchError: not an SD1.5 checkpoint, truncated, or inconsistent with its tokenizer.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    force_offline()
+    common: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelMismatchError(
+                f"{path} is a folder without model_index.json; a diffusers SD1.5 folder (like "
+                "stable-diffusion-v1-5/stable-diffusion-v1-5) or a single .safetensors checkpoint is needed."
+            )
+        with quiet_progress():
+            pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **common)
+        vocab = int(pipe.text_encoder.config.vocab_size)
+    else:
+        widths = arch.sd15_widths(read_shapes(path), path)
+        with tempfile.TemporaryDirectory(prefix="sketch-rag-sd15-") as tmp, quiet_progress():
+            config = arch.write_sd15_config_folder(Path(tmp), widths)
+            try:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(path), config=str(config), local_files_only=True, dtype=dtype, **common
+                )
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise ModelMismatchError(
+                    f"{path.name} looks like SD1.5 but its weights do not fit the SD1.5 layout ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200]}). Re-download the checkpoint into {path.parent}."
+                ) from exc
+        vocab = widths.vocab_size
+    _check_tokenizer(pipe.tokenizer, vocab, path)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        place(module, device, dtype)
+    return Sd15Parts(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+
+
+def load_controlnet(path: Path, dtype: torch.dtype, device: torch.device, cross_attention_dim: int) -> Any:
+    """A ControlNet from lllyasviel's ``.pth``, ComfyUI's ``.safetensors`` or a diffusers folder.
+
+    Raises:
+        ModelMismatchError: not an SD1.5 ControlNet or not matching the checkpoint's text width.
+    """
+    from diffusers import ControlNetModel
+
+    force_offline()
+    if path.is_dir():
+        model = ControlNetModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        if model.config.cross_attention_dim != cross_attention_dim:
+            raise ModelMismatchError(
+                f"{path.name} is a ControlNet for text width {model.config.cross_attention_dim}, the checkpoint has "
+                f"{cross_attention_dim}. Pick an SD1.5 ControlNet."
+            )
+    else:
+        state = load_state_dict(path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        channels = arch.controlnet_widths(shapes, path, cross_attention_dim)
+        prefix = arch.controlnet_prefix(shapes)
+        if prefix:
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        with tempfile.TemporaryDirectory(prefix="sketch-rag-controlnet-") as tmp:
+            import json
+
+            (Path(tmp) / "config.json").write_text(json.dumps(arch.controlnet_config(channels, cross_attention_dim)))
+            with quiet_progress():
+                model = ControlNetModel.from_single_file(state, config=tmp, local_files_only=True, dtype=dtype)
+    return place(model, device, dtype)
+
+
+def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> Any:
+    """The IP-Adapter image encoder (``CLIPVisionModelWithProjection``) from a clip_vision file or folder.
+
+    Raises:
+        ModelMismatchError: not a transformers-layout CLIP vision tower with a projection.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    force_offline()
+    if path.is_dir():
+        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
+    else:
+        state = load_state_dict(path)
+        dims = arch.image_encoder_dims({k: tuple(v.shape) for k, v in state.items()}, path)
+        config = CLIPVisionConfig(**dims)
+        with torch.device("meta"):
+            model = CLIPVisionModelWithProjection(config)
+        state.pop("vision_model.embeddings.position_ids", None)  # a buffer older exports carry
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise ModelMismatchError(
+                f"{path.name} does not fit a CLIP vision encoder ({str(exc).splitlines()[0][:200]}). Use "
+                "h94/IP-Adapter models/image_encoder/model.safetensors (ViT-H/14)."
+            ) from exc
+        # Non-persistent buffers are not in the file and were created on the meta device: make them real.
+        positions = (int(dims["image_size"]) // int(dims["patch_size"])) ** 2 + 1
+        model.vision_model.embeddings.register_buffer(
+            "position_ids", torch.arange(positions).expand((1, -1)), persistent=False
+        )
+    return place(model, device, dtype)
+
+
+@dataclass
+class IpAdapterWeights:
+    """An IP-Adapter state dict in the nested form diffusers' ``load_ip_adapter`` takes, and what it is."""
+
+    state: dict[str, dict[str, torch.Tensor]]
+    info: arch.IpAdapterInfo
+
+
+def load_ip_adapter_weights(
+    path: Path, cross_attention_dim: int, image_embed_dim: int, encoder_hidden: int
+) -> IpAdapterWeights:
+    """Read and check an IP-Adapter SD1.5 file (``.safetensors`` or ``.bin``) against checkpoint and encoder.
+
+    Raises:
+        ModelMismatchError: an SDXL/FaceID adapter, or one made for another image encoder.
+    """
+    flat = load_state_dict(path)
+    info = arch.ip_adapter_info(
+        {k: tuple(v.shape) for k, v in flat.items()}, path, cross_attention_dim, SD15_CROSS_ATTENTION_LAYERS
+    )
+    expected = encoder_hidden if info.plus else image_embed_dim
+    if info.image_embed_dim != expected:
+        what = "patch features" if info.plus else "image embeddings"
+        raise ModelMismatchError(
+            f"{path.name} expects {what} of width {info.image_embed_dim}, the image encoder gives {expected}. "
+            "IP-Adapter SD1.5 (plain and plus) needs the ViT-H/14 encoder (CLIP-ViT-H-14-laion2B-s32B-b79K)."
+        )
+    nested: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        group, _, rest = key.partition(".")
+        if group in nested:
+            nested[group][rest] = value
+    return IpAdapterWeights(nested, info)

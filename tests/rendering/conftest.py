@@ -1,0 +1,75 @@
+"""Tiny SD1.5 models in the real file formats, built once per session, and the inputs the tests render.
+
+Renders are compared bit for bit, which holds only at a fixed torch thread count: pin it to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sketch_rag.rendering.tiny_sd import write_tiny_sd_models
+
+    root = tmp_path_factory.mktemp("tiny_sd") / "models"
+    write_tiny_sd_models(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_spec(models_dir: Path) -> Callable[..., PipelineSpec]:
+    def make(
+        ip_adapter: str | None = IP_ADAPTER_NAMES[0],
+        controlnet: str = CONTROLNET_NAMES[0],
+        checkpoint: Path | None = None,
+        **options: object,
+    ) -> PipelineSpec:
+        return PipelineSpec(
+            checkpoint=checkpoint or models_dir / "checkpoints" / CHECKPOINT_NAME,
+            controlnet=models_dir / "controlnet" / controlnet,
+            ip_adapter=None if ip_adapter is None else models_dir / "ipadapter" / ip_adapter,
+            image_encoder=None if ip_adapter is None else models_dir / "clip_vision" / IMAGE_ENCODER_NAME,
+            **options,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def cache() -> PipelineCache:
+    """The shared warm cache; tests that count loads or release memory build their own."""
+    return PipelineCache()
+
+
+@pytest.fixture(scope="session")
+def edge_image() -> np.ndarray:
+    """A 64×64 canny-like map: white strokes on black (a house outline)."""
+    edges = np.zeros((64, 64), np.uint8)
+    edges[30, 12:52] = edges[58, 12:52] = 255
+    edges[30:59, 12] = edges[30:59, 51] = 255
+    for i in range(20):
+        edges[30 - i, 12 + i] = edges[30 - i, 51 - i] = 255
+    return edges
+
+
+def gradient_style(size: int = 48, flip: bool = False) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    image = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.float32)
+    return image[::-1].copy() if flip else image
+
+
+@pytest.fixture(scope="session")
+def styles() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [gradient_style(), (rng.random((40, 56, 3)) * 255).astype(np.uint8), gradient_style(64, flip=True)]
