@@ -2,7 +2,8 @@
 # Sketch RAG developer entry point. On a fresh machine with Python 3.11 it installs everything
 # it needs (a .venv with CPU torch, the pack, the dev tools, and a real ComfyUI in .comfyui/).
 #
-#   ./dev.sh serve [ARGS]    the main job: ComfyUI with the pack on http://127.0.0.1:8188
+#   ./dev.sh demo [ARGS]     the main job: start ComfyUI with the pack, render an example sketch
+#   ./dev.sh serve [ARGS]    ComfyUI with the pack on http://127.0.0.1:8188, for the graph editor
 #   ./dev.sh test [ARGS]     the whole test suite: ruff, mypy, pytest (ARGS go to pytest)
 #   ./dev.sh bench NAME      run bench/NAME.py
 #   ./dev.sh setup           install only
@@ -33,6 +34,12 @@ setup() {
   if "$PY" -m pip list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then
     log "CUDA packages found in $VENV: an unpinned torch slipped in"; exit 1
   fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    # The browser test tier drives Debian's chromium (Playwright's own browser download cannot work here).
+    log "installing chromium for the browser tests"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+  fi
   log "installing ComfyUI into .comfyui (skipped when present)"
   "$VENV/bin/sketch-rag" install-comfyui "$ROOT/.comfyui" >/dev/null
 }
@@ -41,6 +48,7 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
+  demo) setup; exec "$VENV/bin/sketch-rag" demo --comfyui-dir "$ROOT/.comfyui" "$@" ;;
   serve) setup; exec "$VENV/bin/sketch-rag" serve --comfyui-dir "$ROOT/.comfyui" "$@" ;;
   test)
     setup
@@ -49,5 +57,5 @@ case "$cmd" in
     log "pytest"; exec "$PY" -m pytest "$@"
     ;;
   bench) setup; name=$1; shift; exec "$PY" "bench/$name.py" "$@" ;;
-  *) sed -n '2,9p' "$0"; exit 2 ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

@@ -15,3 +15,35 @@ class InvalidImageError(SketchRagError, ValueError):
 
 class InvalidParameterError(SketchRagError, ValueError):
     """A setting outside what the operation accepts (a threshold, a size, a count)."""
+
+
+class ModelNotFoundError(SketchRagError, FileNotFoundError):
+    """A model file or folder that is not where it was looked for."""
+
+
+class ModelMismatchError(SketchRagError, ValueError):
+    """A model file that exists but is not what the operation needs (wrong family, truncated, unreadable)."""
+
+
+class RenderInterruptedError(SketchRagError):
+    """Sampling stopped because the caller asked it to (ComfyUI's interrupt, Ctrl-C in the CLI)."""
+
+
+class LibraryError(SketchRagError, ValueError):
+    """A style library that cannot be used as asked: empty, missing, locked, or a path outside its folder."""
+
+
+class LibraryModelMismatchError(LibraryError, ModelMismatchError):
+    """A library index built with one embedding model, opened with another (their embeddings never mix)."""
+
+
+class WorkflowError(SketchRagError, ValueError):
+    """A workflow file that cannot be used: not API format, a node or input the server lacks, a bad value."""
+
+
+class JobFileError(SketchRagError, ValueError):
+    """A batch job file (CSV or JSONL) with rows that cannot be run; the message lists every bad row."""
+
+
+class PreflightError(SketchRagError):
+    """A batch that cannot run on the given servers; the message lists every problem found before queueing."""

@@ -96,6 +96,10 @@ class ComfyClient:
             raise PromptRejected(status, decoded)
         return str(decoded["prompt_id"])
 
+    def queue(self) -> dict[str, Any]:
+        """The server's ``queue_running`` and ``queue_pending`` lists."""
+        return dict(self._json("GET", "/queue"))
+
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         entry = self._json("GET", f"/history/{prompt_id}")
         return entry.get(prompt_id)

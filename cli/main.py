@@ -10,11 +10,16 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SketchRagError
+from .batch_cmd import register as register_batch
+from .demo_cmd import register as register_demo
+from .library_cmd import register as register_library
+from .render_cmd import register as register_render
 
 DEFAULT_HOME = Path(os.environ.get("SKETCH_RAG_HOME", Path.home() / ".sketch-rag"))
 
@@ -35,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sketch-rag", description=__doc__.splitlines()[0] if __doc__ else None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    register_library(commands)
+    register_render(commands)
+    register_batch(commands)
+    register_demo(commands)
 
     serve = commands.add_parser("serve", help="start a local ComfyUI with the Sketch RAG nodes (installs if missing)")
     serve.add_argument("--comfyui-dir", type=Path, default=DEFAULT_HOME / "comfyui",
@@ -58,7 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     canny.add_argument("--blur", type=float, default=0.0)
     canny.add_argument("--thicken", type=int, default=0)
     canny.set_defaults(run=_canny)
+
+    tiny = commands.add_parser(
+        "tiny-models", help="write tiny random-initialised models into a ComfyUI models/ folder (offline demos, tests)"
+    )
+    tiny.add_argument("models_dir", type=Path, help="a ComfyUI models/ folder")
+    tiny.set_defaults(run=_tiny_models)
     return parser
+
+
+def _tiny_models(args: argparse.Namespace) -> int:
+    from .tiny_models import write_tiny_models
+
+    for path in write_tiny_models(args.models_dir):
+        print(path)
+    return 0
 
 
 def _install_comfyui(args: argparse.Namespace) -> int:
@@ -77,6 +100,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     comfy_dir = install_comfyui(args.comfyui_dir)
     link_pack(comfy_dir)
+    # A service manager's SIGTERM must stop ComfyUI too, not orphan it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = start_server(comfy_dir, host=args.host, port=args.port, cpu=args.cpu)
     print(f"ComfyUI with Sketch RAG is running at {server.url} (log: {server.log_path}). Ctrl-C stops it.")
     failures = server.import_failures()

@@ -6,9 +6,11 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .preprocess import CannySketchPreprocessor
+from .retrieval_nodes import RETRIEVAL_NODES
+from .sampler_nodes import HybridPipelineLoader, HybridSampler
 
 
 class SketchRagExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [CannySketchPreprocessor]
+        return [CannySketchPreprocessor, *RETRIEVAL_NODES, HybridPipelineLoader, HybridSampler]

@@ -66,12 +66,13 @@ class CannySketchPreprocessor(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, low_threshold: object, high_threshold: object) -> bool | str:
         # ComfyUI skips its own type and min/max checks for inputs named here: check all of it.
-        thresholds = {"low_threshold": low_threshold, "high_threshold": high_threshold}
-        for name, value in thresholds.items():
+        whole: dict[str, int] = {}
+        for name, value in {"low_threshold": low_threshold, "high_threshold": high_threshold}.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
                 return f"{name} must be a whole number from 0 to 255, got {value!r}."
+            whole[name] = int(value)
         try:
-            CannySettings(low_threshold=int(low_threshold), high_threshold=int(high_threshold)).validate()
+            CannySettings(**whole).validate()
         except InvalidParameterError as exc:
             return str(exc)
         return True

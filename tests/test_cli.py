@@ -29,7 +29,7 @@ def test_canny_command_writes_the_engines_edges(
     assert main(["canny", str(sketch), "--out", str(out), "--resolution", "256", "--auto-threshold"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["width"], report["height"]) == (256, 256)
-    written = cv2.imread(str(out), cv2.IMREAD_COLOR_RGB)
+    written = np.asarray(cv2.imread(str(out), cv2.IMREAD_COLOR_RGB))
     expected = sketch_to_edges(read_image(sketch), CannySettings(resolution=256, auto_threshold=True))
     assert np.array_equal(written, expected)
 

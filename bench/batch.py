@@ -1,0 +1,281 @@
+"""Batch throughput benchmark: jobs per minute through a real ComfyUI server vs the same engine in-process.
+
+One run, ending with one JSON line ``{"jobs", "server_jobs_per_min", "inprocess_jobs_per_min", "overhead_ratio"}``.
+
+Why both sides: ``sketch-rag batch`` adds an HTTP server, uploads, a websocket, ``/history`` + ``/view``
+downloads, a PNG with the workflow embedded and a structure score per job on top of the engine's own
+work. This measures what that costs against rendering the same jobs with the same engine in this
+process, so a regression in the server path shows up as a number. Issue 5 targets overhead ≤ 10% at 8 jobs.
+
+* Server side: ComfyUI (``.comfyui/ComfyUI``, CPU) with the pack linked in and the tiny offline models,
+  driven by the real batch runner (``cli/batch.py``, default 2 slots, no style-similarity model).
+* In-process side: every node's work done by direct engine calls (canny edges, library query, style
+  crops, ``HybridPipeline.render``, PNG write), with every parameter read from the same bound API
+  workflow the server gets, so sizes, steps, scales and model files are identical by construction.
+
+Both sides first render one untimed warm-up job (model loading and library indexing are one-off costs
+of either path, not per-job overhead), then the timed ``--jobs`` jobs, one after the other.
+``overhead_ratio`` is ``server wall time / in-process wall time - 1``: 0.10 means 10 % slower through
+the server. The per-job overhead in seconds is printed too: it is roughly constant, so with real
+models (seconds to minutes per render) the ratio is far smaller than with the tiny ones.
+
+    python bench/batch.py                     # 8 jobs, 64 px, 20 steps: about two minutes on 2 CPU cores
+    python bench/batch.py --steps 4           # a quicker smoke run (overhead dominates, ratio is large)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+if __package__ in (None, ""):  # run as a script: make the pack importable as sketch_rag
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+
+from sketch_rag.cli.batch_jobs import Job
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_COMFYUI = REPO / ".comfyui" / "ComfyUI"
+SKETCHES = REPO / "examples" / "sketches"
+PROMPTS = ("a watercolor painting of it", "an ink drawing with bold lines")
+WARMUP_PROMPT = "a pencil study, warm-up"
+SERVER_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "ANONYMIZED_TELEMETRY": "False"}
+
+
+def make_jobs(count: int, sketches: Sequence[Path]) -> list[Job]:
+    """``count`` distinct jobs: sketches × prompts, each with its own seed, so no ComfyUI cache hit skips work."""
+    jobs = []
+    for n in range(count):
+        sketch = sketches[n // len(PROMPTS) % len(sketches)]
+        jobs.append(Job(sketch=sketch, prompt=PROMPTS[n % len(PROMPTS)], seed=1000 + n))
+    return jobs
+
+
+def common_fields(steps: int, height: int) -> dict[str, Any]:
+    """Fields bound into every job on both sides: the tiny models, and a small, fixed render size."""
+    from sketch_rag.cli.workflows import tiny_models
+
+    return {**tiny_models(), "steps": steps, "resolution": height, "style_resolution": max(64, height),
+            "height": height}
+
+
+# -- server side ------------------------------------------------------------------------------------------
+def prepare_base(base: Path) -> Path:
+    """A ComfyUI ``--base-directory`` with the pack linked in and the tiny models written; returns models/."""
+    from sketch_rag.cli.comfyui_server import link_pack
+    from sketch_rag.cli.tiny_models import write_tiny_models
+
+    link_pack(base)
+    for folder in ("input", "output", "user", "temp"):
+        (base / folder).mkdir(parents=True, exist_ok=True)
+    write_tiny_models(base / "models")
+    return base / "models"
+
+
+def run_server_side(comfy_dir: Path, base: Path, work: Path, jobs: Sequence[Job], warmup: Job,
+                    common: Mapping[str, Any]) -> tuple[float, float, list[dict[str, Any]]]:
+    """(warm-up seconds, timed seconds, manifests) for the jobs through a fresh server and the batch runner.
+
+    The server is stopped before returning, also when anything fails.
+    """
+    from sketch_rag.cli.batch import BatchSettings, run_batch
+    from sketch_rag.cli.comfyui_server import free_port, start_server
+    from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow
+
+    server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
+                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
+                          env=SERVER_ENV)
+    try:
+        def batch(batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
+            settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
+                                     common=dict(common), progress=False)
+            start = time.perf_counter()
+            result = run_batch(settings, batch_jobs, [server.url])
+            seconds = time.perf_counter() - start
+            if not result.ok or len(result.done) != len(batch_jobs):
+                errors = [f"{m['job_id']}: {m['error']}" for m in result.failed] + result.unfinished
+                raise RuntimeError(f"server batch did not render every job ({len(result.done)}/{len(batch_jobs)}): "
+                                   f"{errors}; see the server log {server.log_path}")
+            return seconds, result.done
+
+        warm_s, _ = batch([warmup], work / "server_warmup")
+        timed_s, manifests = batch(jobs, work / "server_out")
+    finally:
+        server.stop()
+    return warm_s, timed_s, manifests
+
+
+# -- in-process side --------------------------------------------------------------------------------------
+class InProcessRenderer:
+    """The bundled workflow's nodes as direct engine calls, parameters read from the bound API graph."""
+
+    def __init__(self, models_dir: Path, work: Path) -> None:
+        from sketch_rag.cli.workflows import load_api_workflow
+
+        self.models_dir, self.work = models_dir, work
+        self.workflow = load_api_workflow()
+        self.library: Any = None
+
+    def _inputs(self, graph: Mapping[str, Any], class_type: str) -> dict[str, Any]:
+        found = [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
+        if len(found) != 1:
+            raise RuntimeError(f"the bundled workflow has {len(found)} {class_type} nodes; this bench expects one.")
+        return dict(found[0])
+
+    def _open_library(self, embedding_model: str) -> Any:
+        """The default library (shipped styles + an empty user folder), as the Style Library node opens it."""
+        from sketch_rag.retrieval.embedder import ClipEmbedder
+        from sketch_rag.retrieval.library import default_roots, open_library
+        from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+
+        if self.library is None:
+            embedder = ClipEmbedder.load(embedding_model, device="cpu",
+                                         search_dirs=[self.models_dir / CLIP_MODELS_SUBFOLDER])
+            self.library, _ = open_library(default_roots(self.work / "user_styles"), embedder, self.work / "store")
+        return self.library
+
+    def render(self, job: Job, common: Mapping[str, Any], out: Path) -> None:
+        from PIL import Image, ImageOps
+
+        from sketch_rag.cli.workflows import bind
+        from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
+        from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+        from sketch_rag.rendering.images import write_image
+        from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
+        from sketch_rag.retrieval.folder import normalise_tags
+        from sketch_rag.retrieval.images import square_reference
+        from sketch_rag.retrieval.query import StyleQuery
+
+        graph = bind(self.workflow, {**common, **job.fields()})
+        canny = self._inputs(graph, "SketchRAGCannySketchPreprocessor")
+        library_in = self._inputs(graph, "SketchRAGStyleLibraryLoader")
+        retriever = self._inputs(graph, "SketchRAGClipStyleRetriever")
+        loader = self._inputs(graph, "SketchRAGHybridPipelineLoader")
+        sampler = self._inputs(graph, "SketchRAGHybridSampler")
+        if library_in["library_folder"] or library_in["store"]:
+            raise RuntimeError("this bench mirrors the default style library only; the workflow names another.")
+
+        with Image.open(job.sketch) as opened:  # what ComfyUI's LoadImage does: EXIF-rotated RGB in [0, 1]
+            sketch = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.float32) / 255.0
+        edges = sketch_to_edges(sketch, CannySettings(
+            low_threshold=canny["low_threshold"], high_threshold=canny["high_threshold"],
+            auto_threshold=canny["auto_threshold"], resolution=canny["resolution"], blur=canny["blur"],
+            thicken=canny["thicken"]))
+        library = self._open_library(library_in["embedding_model"])
+        library.sync()  # the loader node re-checks the folders on every run
+        matches = library.query(StyleQuery(text=retriever["prompt"], k=retriever["k"],
+                                           tags=normalise_tags(retriever["tag_filter"]),
+                                           image_weight=retriever["image_weight"],
+                                           temperature=retriever["blend_temperature"]))
+        styles = [square_reference(m.path, retriever["resolution"]) for m in matches]
+        spec = PipelineSpec(
+            checkpoint=self.models_dir / "checkpoints" / loader["checkpoint"],
+            controlnet=self.models_dir / "controlnet" / loader["controlnet"],
+            ip_adapter=self.models_dir / "ipadapter" / loader["ip_adapter"],
+            image_encoder=self.models_dir / "clip_vision" / loader["image_encoder"],
+            dtype=loader["dtype"], device="cpu", attention_slicing=loader["attention_slicing"],
+            vae_tiling=loader["vae_tiling"])
+        request = RenderRequest(
+            prompt=sampler["prompt"], negative_prompt=sampler["negative_prompt"], control_image=edges,
+            style_images=styles, style_weights=[round(m.weight, 4) for m in matches],
+            controlnet_conditioning_scale=sampler["controlnet_conditioning_scale"],
+            control_guidance_start=sampler["control_guidance_start"],
+            control_guidance_end=sampler["control_guidance_end"], ip_adapter_scale=sampler["ip_adapter_scale"],
+            ip_adapter_mode=IpAdapterMode(sampler["ip_adapter_mode"]),
+            num_inference_steps=sampler["num_inference_steps"], guidance_scale=sampler["guidance_scale"],
+            seed=sampler["seed"], width=sampler["width"], height=sampler["height"],
+            num_images_per_prompt=sampler["batch_size"])
+        images = DEFAULT_CACHE.get(spec).render(request)
+        write_image(out / f"{job.job_id}.png", images[0])
+
+    def close(self) -> None:
+        if self.library is not None:
+            self.library.close()
+
+
+def run_inprocess_side(models_dir: Path, work: Path, jobs: Sequence[Job], warmup: Job,
+                       common: Mapping[str, Any]) -> tuple[float, float]:
+    """(warm-up seconds, timed seconds) rendering the jobs one after the other in this process."""
+    out = work / "inprocess_out"
+    out.mkdir(parents=True, exist_ok=True)
+    renderer = InProcessRenderer(models_dir, work)
+    try:
+        start = time.perf_counter()
+        renderer.render(warmup, common, out)
+        warm_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for job in jobs:
+            renderer.render(job, common, out)
+        timed_s = time.perf_counter() - start
+    finally:
+        renderer.close()
+    rendered = len(list(out.glob("*.png")))
+    if rendered != len(jobs) + 1:
+        raise RuntimeError(f"in-process side wrote {rendered} PNGs for {len(jobs) + 1} jobs.")
+    return warm_s, timed_s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps per job (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=64, help="render height and edge-map short side, multiple of 8 "
+                        "(default: %(default)s)")
+    parser.add_argument("--comfyui-dir", type=Path, default=DEFAULT_COMFYUI,
+                        help="a ComfyUI 0.3.75 folder (default: %(default)s, made by ./dev.sh)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the work folder (renders, logs) here")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
+        parser.error("--jobs and --steps must be at least 1, --height a multiple of 8 of at least 64.")
+    if not (args.comfyui_dir / "main.py").is_file():
+        parser.error(f"no ComfyUI in {args.comfyui_dir}; run ./dev.sh (installs .comfyui/) or pass --comfyui-dir.")
+    sketches = sorted(SKETCHES.glob("*.png"))
+    if not sketches:
+        parser.error(f"no example sketches in {SKETCHES}.")
+
+    jobs = make_jobs(args.jobs, sketches)
+    warmup = Job(sketch=sketches[-1], prompt=WARMUP_PROMPT, seed=1)
+    common = common_fields(args.steps, args.height)
+    with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        models_dir = prepare_base(work / "base")
+        server_warm, server_s, manifests = run_server_side(args.comfyui_dir, work / "base", work, jobs, warmup,
+                                                           common)
+        inproc_warm, inproc_s = run_inprocess_side(models_dir, work, jobs, warmup, common)
+
+    n = len(jobs)
+    render_s = [m["timings"]["render_s"] for m in manifests]
+    details = {
+        "steps": args.steps, "height": args.height, "cpu_count": os.cpu_count(),
+        "server_wall_s": round(server_s, 2), "inprocess_wall_s": round(inproc_s, 2),
+        "server_warmup_s": round(server_warm, 2), "inprocess_warmup_s": round(inproc_warm, 2),
+        "server_median_render_s": round(statistics.median(render_s), 3),
+        # Where a server job's time goes (upload, waiting in ComfyUI's queue, executing, downloading + scoring).
+        "server_job_median_s": {key: round(statistics.median(m["timings"].get(key, 0.0) for m in manifests), 3)
+                                for key in ("upload_s", "queue_wait_s", "render_s", "download_s", "total_s")},
+        "inprocess_mean_job_s": round(inproc_s / n, 3),
+        "overhead_s_per_job": round((server_s - inproc_s) / n, 3),
+    }
+    print("details: " + json.dumps(details), file=sys.stderr)
+    print(json.dumps({"jobs": n, "server_jobs_per_min": round(60.0 * n / server_s, 2),
+                      "inprocess_jobs_per_min": round(60.0 * n / inproc_s, 2),
+                      "overhead_ratio": round(server_s / inproc_s - 1.0, 4)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

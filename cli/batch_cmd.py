@@ -1,0 +1,69 @@
+"""``sketch-rag batch``: render a CSV/JSONL file of sketch × prompt jobs on one or more ComfyUI servers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``batch`` command."""
+    batch = commands.add_parser(
+        "batch", help="render sketch × prompt jobs (CSV or JSONL) through ComfyUI's API; resumable",
+        description="Columns/keys: sketch (file or folder), prompt, and optionally seed, style_query, k, "
+        "controlnet_scale, ip_adapter_scale, negative_prompt. Re-running renders only what is missing.")
+    batch.add_argument("jobs", type=Path, help="the job file (.csv with a header row, or .jsonl)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder (renders/, manifests/, report)")
+    batch.add_argument("--server", action="append", dest="servers", metavar="URL",
+                       help="a ComfyUI server; repeat to spread jobs (default: http://127.0.0.1:8188)")
+    batch.add_argument("--workflow", default="sketch_to_render",
+                       help="a bundled API workflow name or an API-format JSON file (default: %(default)s)")
+    batch.add_argument("--tiny-models", action="store_true",
+                       help="use the files `sketch-rag tiny-models` writes instead of the real model names")
+    for name in ("checkpoint", "controlnet", "ip_adapter", "image_encoder", "embedding_model"):
+        batch.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"{name} file/folder name on the servers")
+    batch.add_argument("--steps", type=int, help="sampling steps for every job")
+    batch.add_argument("--resolution", type=int, help="short side of the edge map (and so of the render)")
+    batch.add_argument("--height", type=int, help="render height (multiple of 8); default: 512 px, the sketch's aspect")
+    batch.add_argument("--style-resolution", type=int, help="side of the retrieved style images")
+    batch.add_argument("--clip-model", type=Path,
+                       help="a transformers CLIP folder for the style-similarity score (default: none, no score)")
+    batch.add_argument("--slots", type=int, default=2, help="jobs in flight per server (default: %(default)s)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.set_defaults(run=_batch)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import BatchSettings, run_batch
+    from .batch_jobs import read_jobs
+    from .workflows import DEFAULT_WORKFLOW, load_api_workflow, load_ui_workflow, tiny_models, ui_path
+
+    jobs = read_jobs(args.jobs)
+    if args.slots < 1:
+        raise InvalidParameterError(f"--slots {args.slots} must be at least 1.")
+    common: dict[str, Any] = tiny_models() if args.tiny_models else {}
+    for name in ("checkpoint", "controlnet", "ip_adapter", "image_encoder", "embedding_model", "steps",
+                 "resolution", "style_resolution", "height"):
+        if getattr(args, name) is not None:
+            common[name] = getattr(args, name)
+    workflow = load_api_workflow(args.workflow)
+    bundled = Path(args.workflow).suffix == "" and ui_path(args.workflow).is_file()
+    ui = load_ui_workflow(args.workflow if bundled else DEFAULT_WORKFLOW) if bundled else None
+    embedder = None
+    if args.clip_model is not None:
+        from ..retrieval.embedder import ClipEmbedder
+
+        embedder = ClipEmbedder.load(args.clip_model.resolve())
+    settings = BatchSettings(workflow=workflow, out_dir=args.out, ui_workflow=ui, common=common, embedder=embedder,
+                             slots=args.slots, progress=not args.no_progress)
+    result = run_batch(settings, jobs, args.servers or ["http://127.0.0.1:8188"])
+    print(json.dumps({"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed),
+                      "unfinished": len(result.unfinished), "dead_servers": result.dead_servers,
+                      "report": str(args.out / "contact_sheet.png")}))
+    for manifest in result.failed:
+        print(f"failed: {manifest['job_id']}: {manifest['error']}")
+    return 0 if result.ok else 1

@@ -1,0 +1,139 @@
+"""The bundled workflow in a real browser: Debian's chromium, headless, driven by Playwright.
+
+The pack is copied (not linked) into the server's custom_nodes, as a git clone or ComfyUI-Manager would
+install it, so the template files are served exactly as for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright import sync_api
+
+from sketch_rag.cli.comfyui_client import ComfyClient
+from sketch_rag.cli.comfyui_server import ComfyServer, free_port, start_server
+from sketch_rag.cli.workflows import tiny_models
+
+pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_HOME = REPO / ".comfyui"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+WIDGETS = {**tiny_models(), "num_inference_steps": 2, "resolution": 64, "height": 64}
+"""Widget name -> value set in the page after loading: the tiny model files, and a fast, small render."""
+USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+"""User settings posted before the page loads. A user without ``Comfy.TutorialCompleted`` counts as new, and the
+frontend (1.32) then opens the template browser over the graph on load, hiding the render in the screenshot; the
+minimap would cover a corner of the graph."""
+
+
+def post_user_settings(url: str, settings: dict[str, Any]) -> None:
+    """Save settings for the server's (single, ``default``) user through ComfyUI's settings API, and read them back."""
+    request = urllib.request.Request(f"{url}/settings", data=json.dumps(settings).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"{url}/settings", timeout=10) as response:
+        saved = json.load(response)
+    assert {k: saved.get(k) for k in settings} == settings, f"the server did not keep the settings: {saved}"
+
+
+@pytest.fixture(scope="module")
+def copied_pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) -> Iterator[ComfyServer]:
+    base = tmp_path_factory.mktemp("browser_base")
+    ignore = shutil.ignore_patterns(".venv", ".comfyui", ".git", "tests", "test-artifacts", "*.egg-info",
+                                    "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+    shutil.copytree(REPO, base / "custom_nodes" / "sketch_rag", ignore=ignore)
+    for folder in ("input", "output", "user", "temp"):
+        (base / folder).mkdir()
+    (base / "models").symlink_to(comfy_base_dir / "models", target_is_directory=True)
+    server = start_server(COMFYUI_HOME / "ComfyUI", port=free_port(), cpu=True, log_path=base / "comfyui.log",
+                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
+                          env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    yield server
+    server.stop()
+
+
+def test_bundled_workflow_loads_without_missing_nodes_queues_and_shows_the_render(
+        copied_pack_server: ComfyServer, tmp_path: Path, example_sketches: list[Path]) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    post_user_settings(copied_pack_server.url, USER_SETTINGS)
+    sketch = next(p for p in example_sketches if p.stem == "sketch_house")
+    ComfyClient(copied_pack_server.url).upload_image(sketch.read_bytes(), sketch.name)  # the workflow's input
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(copied_pack_server.url, wait_until="domcontentloaded", timeout=120_000)
+            page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+            loaded: dict[str, Any] = page.evaluate(
+                """async () => {
+                    const templates = await (await fetch('/api/workflow_templates')).json();
+                    const workflow = await (await fetch('/api/workflow_templates/sketch_rag/sketch_to_render.json'))
+                        .json();
+                    await window.app.loadGraphData(workflow);
+                    const nodes = window.app.graph._nodes;
+                    return {templates, types: nodes.map(n => n.type),
+                            missing: nodes.filter(n => !window.LiteGraph.registered_node_types[n.type])
+                                          .map(n => n.type)};
+                }""")
+            assert sorted(loaded["templates"]["sketch_rag"]) == ["sketch_to_render", "sketch_to_render_core_controlnet"]
+            assert loaded["missing"] == [] and "SketchRAGHybridSampler" in loaded["types"]
+            page.wait_for_timeout(500)
+            assert page.get_by_text("missing", exact=False).count() == 0  # no missing-node dialog
+            page.evaluate(
+                """(values) => {
+                    for (const node of window.app.graph._nodes)
+                        for (const widget of node.widgets || [])
+                            if (widget.name in values && !(node.type === 'SketchRAGClipStyleRetriever'
+                                                           && widget.name === 'resolution'))
+                                widget.value = values[widget.name];
+                }""", WIDGETS)
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            page.wait_for_function(
+                """() => Object.values(window.app.nodeOutputs || {}).some(
+                       o => (o.images || []).some(i => i.type === 'output'))""", timeout=240_000)
+            dialogs = [d.inner_text()[:200] for d in page.locator(".p-dialog, .p-dialog-mask").all() if d.is_visible()]
+            assert dialogs == [], f"a dialog covers the graph: {dialogs}"
+            # Frame the whole graph, so the screenshot shows every node with its output.
+            page.evaluate(
+                """() => {
+                    const rects = window.app.graph._nodes.map(n => n.boundingRect);
+                    const x0 = Math.min(...rects.map(r => r[0])), y0 = Math.min(...rects.map(r => r[1]));
+                    const x1 = Math.max(...rects.map(r => r[0] + r[2])), y1 = Math.max(...rects.map(r => r[1] + r[3]));
+                    // Margin on top for the menu bar, tabs and queue panel that float over the canvas.
+                    window.app.canvas.ds.fitToBounds([x0 - 40, y0 - 260, x1 - x0 + 80, y1 - y0 + 300], {zoom: 1});
+                    window.app.canvas.setDirty(true, true);
+                }""")
+            page.wait_for_timeout(1000)
+            render_in_view = page.evaluate(
+                """() => {
+                    const [vx, vy, vw, vh] = window.app.canvas.ds.visible_area;
+                    const render = window.app.graph._nodes.find(n => n.type === 'SaveImage');
+                    const [x, y, w, h] = render.boundingRect;
+                    return x >= vx && y >= vy && x + w <= vx + vw && y + h <= vy + vh;
+                }""")
+            assert render_in_view, "the SaveImage node with the render is outside the screenshot"
+            page.screenshot(path=str(ARTIFACTS / "browser_sketch_to_render.png"))
+            images = page.evaluate(
+                "() => Object.values(window.app.nodeOutputs).flatMap(o => o.images || []).map(i => i.filename)")
+            assert any(name.startswith("render") for name in images)
+            assert not [e for e in errors if "SketchRAG" in e]
+        finally:
+            context.close()
+    assert (ARTIFACTS / "browser_sketch_to_render.png").stat().st_size > 10_000
