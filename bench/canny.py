@@ -30,20 +30,24 @@ COMFYUI = REPO / ".comfyui" / "ComfyUI"
 
 def median_ms(contenders: dict[str, Callable[[np.ndarray], object]], images: list[np.ndarray],
               repeats: int) -> dict[str, float]:
-    """Median ms per image for each contender, interleaved image by image (in alternating order)
-    so that load from anything else on the machine hits every contender alike."""
+    """Median over ``repeats`` passes of each contender's ms per image.
+
+    A pass times a whole sweep over ``images`` (one clock read per sweep, not per call), and the
+    contenders take turns pass by pass, in alternating order, so load from anything else on the
+    machine hits every contender alike.
+    """
     for run in contenders.values():
         for image in images[:2]:
             run(image)  # warm-up: first calls pay for allocations and lazy initialisation
     samples: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders.items())
     for _ in range(repeats):
-        order = list(contenders.items())
-        for image in images:
-            order.reverse()
-            for name, run in order:
-                start = time.perf_counter()
+        order.reverse()
+        for name, run in order:
+            start = time.perf_counter()
+            for image in images:
                 run(image)
-                samples[name].append((time.perf_counter() - start) * 1000.0)
+            samples[name].append((time.perf_counter() - start) * 1000.0 / len(images))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -83,7 +87,7 @@ def comfy_core_canny() -> Callable[[np.ndarray], object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=20, help="passes over the 512 px sketches")
+    parser.add_argument("--repeats", type=int, default=50, help="passes over the 512 px sketches")
     args = parser.parse_args()
 
     sketches = [np.asarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in sorted(SKETCHES.glob("*.png"))]
@@ -92,16 +96,16 @@ def main() -> None:
     contenders: dict[str, Callable[[np.ndarray], object]] = {
         "ours": sketch_to_edges,
         "cv2": lambda gray: cv2.Canny(gray, DEFAULT_LOW_THRESHOLD, DEFAULT_HIGH_THRESHOLD),
-        "controlnet_aux": controlnet_aux_canny(),
     }
     at_512 = median_ms(contenders, sketches, args.repeats)
-    at_2048 = median_ms(contenders, big, max(3, args.repeats // 4))
-    # torch's worker threads keep spinning after each call and would slow whoever runs next,
-    # so ComfyUI's kornia node is timed in a phase of its own.
-    core = {"comfy_core": comfy_core_canny()}
-    at_512 |= median_ms(core, sketches, max(1, args.repeats // 4))
-    at_2048 |= median_ms(core, big, 2)
-    contenders |= core
+    at_2048 = median_ms(contenders, big, max(5, args.repeats // 2))
+    # The peers run in phases of their own: controlnet_aux's large PIL allocations and torch's
+    # spinning worker threads (ComfyUI's kornia node) would slow whichever contender runs next.
+    for name, run in (("controlnet_aux", controlnet_aux_canny()), ("comfy_core", comfy_core_canny())):
+        heavy = name == "comfy_core"
+        at_512 |= median_ms({name: run}, sketches, 3 if heavy else args.repeats // 2)
+        at_2048 |= median_ms({name: run}, big, 3 if heavy else max(5, args.repeats // 4))
+        contenders[name] = run
     results: dict[str, float] = {}
     print(f"{'contender':<16}{'512 px ms':>12}{'2048 px ms':>12}")
     for name in contenders:
