@@ -40,7 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _batch(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, run_batch
     from .batch_jobs import read_jobs
-    from .workflows import DEFAULT_WORKFLOW, load_api_workflow, load_ui_workflow, tiny_models, ui_path
+    from .workflows import load_api_workflow, load_ui_workflow, tiny_models, ui_path
 
     jobs = read_jobs(args.jobs)
     if args.slots < 1:
@@ -52,7 +52,7 @@ def _batch(args: argparse.Namespace) -> int:
             common[name] = getattr(args, name)
     workflow = load_api_workflow(args.workflow)
     bundled = Path(args.workflow).suffix == "" and ui_path(args.workflow).is_file()
-    ui = load_ui_workflow(args.workflow if bundled else DEFAULT_WORKFLOW) if bundled else None
+    ui = load_ui_workflow(args.workflow) if bundled else None
     embedder = None
     if args.clip_model is not None:
         from ..retrieval.embedder import ClipEmbedder

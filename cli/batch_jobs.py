@@ -8,6 +8,7 @@ expands to one job per image in it ("a folder of sketches × prompts").
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobFileError
+from ..rendering.render_request import MAX_SEED
 
 SKETCH_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 _NUMBER_FIELDS: dict[str, Callable[[Any], Any]] = {
     "seed": int, "k": int, "controlnet_scale": float, "ip_adapter_scale": float,
@@ -39,7 +40,7 @@ class Job:
     ip_adapter_scale: float | None = None
     negative_prompt: str | None = None
 
-    @property
+    @functools.cached_property
     def job_id(self) -> str:
         """Same sketch file content + same fields = same id, so a re-run recognises finished work."""
         digest = hashlib.sha256(self.sketch.read_bytes()).hexdigest()[:16]

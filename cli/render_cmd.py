@@ -14,12 +14,11 @@ from typing import Any
 
 from ..errors import InvalidParameterError, ModelNotFoundError
 
-HOME = Path.home() / ".sketch-rag"
-
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``render`` command."""
     from ..rendering import render_request as rr
+    from .main import DEFAULT_HOME
 
     render = commands.add_parser("render", help="render a sketch in a style (SD1.5 + ControlNet + IP-Adapter)")
     render.add_argument("--sketch", type=Path, required=True, help="the sketch image")
@@ -54,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     render.add_argument("--image-encoder", help="file in <models-dir>/clip_vision (default: the first found)")
     render.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     render.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    render.add_argument("--store", default=str(HOME / "store"), help="library index folder (with --library)")
+    render.add_argument("--store", default=str(DEFAULT_HOME / "store"), help="library index folder (with --library)")
     render.set_defaults(run=_render)
 
 

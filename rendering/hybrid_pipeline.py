@@ -30,7 +30,6 @@ from .render_request import CheckedRequest, RenderRequest, check_request, ip_ada
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ATTENTION_SLICE_SIZE = "auto"
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (steps done, total steps, current latents)."""
@@ -75,8 +74,8 @@ class PipelineCache:
         self._slots: dict[str, tuple[Hashable, Any]] = {}
         self._pipe: Any = None
         self._pipe_key: Hashable = None
+        self._memory_key: Hashable = None
         self.loads: Counter[str] = Counter()
-        self.load_seconds: dict[str, float] = {}
 
     def _slot(self, role: str, key: Hashable, load: Callable[[], Any], check: Callable[[], Any] | None = None) -> Any:
         held = self._slots.get(role)
@@ -88,7 +87,6 @@ class PipelineCache:
         gc.collect()
         start = time.perf_counter()
         value = load()
-        self.load_seconds[role] = self.load_seconds.get(role, 0.0) + time.perf_counter() - start
         self.loads[role] += 1
         source = key[0].path if isinstance(key, tuple) and isinstance(key[0], FileKey) else key
         log.info("Sketch RAG: loaded %s from %s in %.2f s", role, source, time.perf_counter() - start)
@@ -156,7 +154,13 @@ class PipelineCache:
             else:
                 self._slots.pop("ip_adapter", None)
                 _unload_ip_adapter(self._pipe)
-            _set_memory_options(self._pipe, spec)
+            # Loading an adapter replaces the attention processors, so its slot is part of the key; otherwise
+            # the options stay applied and a warm ``get`` (every render asks again) rebuilds nothing.
+            held_ip = self._slots.get("ip_adapter")
+            memory_key = (pipe_key, held_ip[0] if held_ip else None, spec.attention_slicing, spec.vae_tiling)
+            if memory_key != self._memory_key:
+                _set_memory_options(self._pipe, spec)
+                self._memory_key = memory_key
             return HybridPipeline(self, self._pipe, spec, ip_info)
 
     def release(self) -> None:
@@ -167,6 +171,7 @@ class PipelineCache:
             self._slots.clear()
             self._pipe = None
             self._pipe_key = None
+            self._memory_key = None
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

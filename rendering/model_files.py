@@ -18,7 +18,6 @@ import torch
 from ..errors import ModelMismatchError, ModelNotFoundError
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 
 # What each ComfyUI models/ subfolder should hold for this sampler, for error messages.
 WANTED = {
