@@ -77,16 +77,19 @@ class PipelineCache:
         self._memory_key: Hashable = None
         self.loads: Counter[str] = Counter()
 
-    def _slot(self, role: str, key: Hashable, load: Callable[[], Any], check: Callable[[], Any] | None = None) -> Any:
+    def _slot(
+        self, role: str, key: Hashable, load: Callable[[Any], Any], check: Callable[[], Any] | None = None
+    ) -> Any:
+        """The held model for ``key``, or a fresh one: ``check()``'s result (what it read) goes to ``load``."""
         held = self._slots.get(role)
         if held is not None and held[0] == key:
             return held[1]
-        if check is not None:
-            check()  # a wrong or damaged file fails here, while the warm model is still in place
+        # A wrong or damaged file fails in check(), while the warm model is still in place.
+        checked = check() if check is not None else None
         self._slots.pop(role, None)  # drop the old model before loading its replacement: peak memory
         gc.collect()
         start = time.perf_counter()
-        value = load()
+        value = load(checked)
         self.loads[role] += 1
         source = key[0].path if isinstance(key, tuple) and isinstance(key[0], FileKey) else key
         log.info("Sketch RAG: loaded %s from %s in %.2f s", role, source, time.perf_counter() - start)
@@ -120,7 +123,7 @@ class PipelineCache:
             sd = self._slot(
                 "checkpoint",
                 ckpt_key,
-                lambda: loading.load_sd15(spec.checkpoint, dtype, device),
+                lambda widths: loading.load_sd15(spec.checkpoint, dtype, device, widths),
                 lambda: loading.check_sd15(spec.checkpoint),
             )
             cad = int(sd.unet.config.cross_attention_dim)
@@ -128,7 +131,7 @@ class PipelineCache:
             controlnet = self._slot(
                 "controlnet",
                 cn_key,
-                lambda: loading.load_controlnet(spec.controlnet, dtype, device, cad),
+                lambda state: loading.load_controlnet(spec.controlnet, dtype, device, cad, state),
                 lambda: loading.check_controlnet(spec.controlnet, cad),
             )
             encoder = None
@@ -137,7 +140,7 @@ class PipelineCache:
                 encoder = self._slot(
                     "image_encoder",
                     (FileKey.of(enc_path), dtype, str(device)),
-                    lambda: loading.load_image_encoder(enc_path, dtype, device),
+                    lambda state: loading.load_image_encoder(enc_path, dtype, device, state),
                     lambda: loading.check_image_encoder(enc_path),
                 )
             pipe_key = (id(sd), id(controlnet), id(encoder))
@@ -150,7 +153,7 @@ class PipelineCache:
             if spec.ip_adapter is not None and encoder is not None:
                 ip_path, pipe = spec.ip_adapter, self._pipe
                 ip_key = (FileKey.of(ip_path), id(sd.unet), id(encoder))
-                ip_info = self._slot("ip_adapter", ip_key, lambda: _load_ip_adapter(pipe, ip_path, encoder))
+                ip_info = self._slot("ip_adapter", ip_key, lambda _: _load_ip_adapter(pipe, ip_path, encoder))
             else:
                 self._slots.pop("ip_adapter", None)
                 _unload_ip_adapter(self._pipe)

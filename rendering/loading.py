@@ -100,25 +100,46 @@ def _check_tokenizer(tokenizer: Any, vocab_size: int, source: Path) -> None:
         )
 
 
-def check_sd15(path: Path) -> None:
+# The checks run while the warm model is still loaded, so a wrong file costs nothing; what they read is
+# handed to the matching loader, so a file is read once: a pickle (.pth/.ckpt/.bin) cannot be inspected
+# without unpickling all of it, and a 1.4 GB ControlNet .pth should not be unpickled twice.
+Preread = dict[str, torch.Tensor] | None
+"""The state dict a check already unpickled, or None where only a header was read (safetensors, folders)."""
+
+
+def _preread_state(path: Path) -> tuple[dict[str, tuple[int, ...]], Preread]:
+    if path.suffix.lower() == ".safetensors":
+        return read_shapes(path), None
+    state = load_state_dict(path)
+    return {k: tuple(v.shape) for k, v in state.items()}, state
+
+
+def check_sd15(path: Path) -> arch.Sd15Widths | None:
     """Refuse a file that is not an SD1.5 checkpoint, reading only its header (safetensors) where possible."""
-    if not path.is_dir():
-        arch.sd15_widths(read_shapes(path), path)
+    return None if path.is_dir() else arch.sd15_widths(read_shapes(path), path)
 
 
-def check_controlnet(path: Path, cross_attention_dim: int) -> None:
+def check_controlnet(path: Path, cross_attention_dim: int) -> Preread:
     """Refuse a file that is not an SD1.5 ControlNet for this text width, before any model is dropped."""
-    if not path.is_dir():
-        arch.controlnet_widths(read_shapes(path), path, cross_attention_dim)
+    if path.is_dir():
+        return None
+    shapes, state = _preread_state(path)
+    arch.controlnet_widths(shapes, path, cross_attention_dim)
+    return state
 
 
-def check_image_encoder(path: Path) -> None:
+def check_image_encoder(path: Path) -> Preread:
     """Refuse a file that is not a CLIP vision tower with projection, before any model is dropped."""
-    if not path.is_dir():
-        arch.image_encoder_dims(read_shapes(path), path)
+    if path.is_dir():
+        return None
+    shapes, state = _preread_state(path)
+    arch.image_encoder_dims(shapes, path)
+    return state
 
 
-def load_sd15(path: Path, dtype: torch.dtype, device: torch.device) -> Sd15Parts:
+def load_sd15(
+    path: Path, dtype: torch.dtype, device: torch.device, widths: arch.Sd15Widths | None = None
+) -> Sd15Parts:
     """UNet, VAE, text encoder, tokenizer and scheduler from an SD1.5 single file or diffusers folder.
 
     Raises:
@@ -138,7 +159,7 @@ def load_sd15(path: Path, dtype: torch.dtype, device: torch.device) -> Sd15Parts
             pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **common)
         vocab = int(pipe.text_encoder.config.vocab_size)
     else:
-        widths = arch.sd15_widths(read_shapes(path), path)
+        widths = widths or arch.sd15_widths(read_shapes(path), path)
         with tempfile.TemporaryDirectory(prefix="sketch-rag-sd15-") as tmp, quiet_progress():
             config = arch.write_sd15_config_folder(Path(tmp), widths)
             try:
@@ -157,7 +178,9 @@ def load_sd15(path: Path, dtype: torch.dtype, device: torch.device) -> Sd15Parts
     return Sd15Parts(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
 
 
-def load_controlnet(path: Path, dtype: torch.dtype, device: torch.device, cross_attention_dim: int) -> Any:
+def load_controlnet(
+    path: Path, dtype: torch.dtype, device: torch.device, cross_attention_dim: int, state: Preread = None
+) -> Any:
     """A ControlNet from lllyasviel's ``.pth``, ComfyUI's ``.safetensors`` or a diffusers folder.
 
     Raises:
@@ -174,7 +197,7 @@ def load_controlnet(path: Path, dtype: torch.dtype, device: torch.device, cross_
                 f"{cross_attention_dim}. Pick an SD1.5 ControlNet."
             )
     else:
-        state = load_state_dict(path)
+        state = state if state is not None else load_state_dict(path)
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         channels = arch.controlnet_widths(shapes, path, cross_attention_dim)
         prefix = arch.controlnet_prefix(shapes)
@@ -189,7 +212,7 @@ def load_controlnet(path: Path, dtype: torch.dtype, device: torch.device, cross_
     return place(model, device, dtype)
 
 
-def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> Any:
+def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, state: Preread = None) -> Any:
     """The IP-Adapter image encoder (``CLIPVisionModelWithProjection``) from a clip_vision file or folder.
 
     Raises:
@@ -201,7 +224,7 @@ def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device) -> 
     if path.is_dir():
         model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
     else:
-        state = load_state_dict(path)
+        state = state if state is not None else load_state_dict(path)
         dims = arch.image_encoder_dims({k: tuple(v.shape) for k, v in state.items()}, path)
         config = CLIPVisionConfig(**dims)
         with torch.device("meta"):
