@@ -68,6 +68,3 @@ class EmbeddingCache:
                 "INSERT OR REPLACE INTO embeddings (model_key, sha256, dim, vector) VALUES (?, ?, ?, ?)", rows
             )
 
-    def count(self, model_key: str) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE model_key = ?", (model_key,)).fetchone()
-        return int(row[0])

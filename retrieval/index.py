@@ -166,9 +166,6 @@ class ChromaIndex:
     def count(self) -> int:
         return int(self.collection.count())
 
-    def ids(self) -> list[str]:
-        return list(self.collection.get(include=[])["ids"])
-
     def put(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Insert or replace items (delete + add: Chroma's add ignores existing ids, upsert merges metadata)."""
         if len(ids) == 0:

@@ -188,10 +188,6 @@ class StyleLibrary:
             self._records = self.state.records()
             self._matrix = None
 
-    @property
-    def generation(self) -> int:
-        return self.state.generation()
-
     def entries(self) -> list[FileRecord]:
         """Every file of the library as last synced (skipped ones carry their ``error``), by id."""
         self.refresh_if_changed()

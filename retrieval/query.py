@@ -9,7 +9,7 @@ clear winner dominates and near-ties share.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,6 @@ class StyleMatch:
     score: float
     weight: float = 0.0
     sha256: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

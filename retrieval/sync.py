@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidImageError
+from .embedder import ProgressCallback
 from .folder import FileInfo, LibraryRoot, hash_if_changed, iter_image_files, read_metadata
 from .images import EMBED_SIDE, open_rgb
 from .state import FileRecord
@@ -61,7 +61,6 @@ class SyncReport:
         }
 
 
-ProgressCallback = Callable[[int, int], None]
 
 
 def scan(roots: list[LibraryRoot], known: dict[str, FileRecord], report: SyncReport) -> dict[str, FileRecord]:
@@ -98,7 +97,8 @@ def index_metadata(record: FileRecord) -> dict[str, Any]:
 def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
     """Sync ``lib``'s index with its folders (caller holds the writer lock); see the module docstring."""
     report = SyncReport()
-    old = {} if rebuild else lib.state.records()
+    stored = lib.state.records()
+    old = {} if rebuild else stored
     new = scan(lib.roots, old, report)
 
     removed = [i for i in old if i not in new]
@@ -130,7 +130,9 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
         lib.index.reset()
     else:
         lib.index.delete(removed)
-    lib.state.write([], removed)
+    # A rebuild re-reads every file, but the rows of files deleted since the last sync must go too, or
+    # the index would be rebuilt with their cached vectors and a deleted style could still be retrieved.
+    lib.state.write([], [i for i in stored if i not in new])
 
     total = len(to_index)
     for start in range(0, total, CHUNK):

@@ -48,6 +48,14 @@ def test_add_modify_rename_delete(colour_folder: Path, tmp_path: Path) -> None:
     assert [m.item_id for m in library.query(StyleQuery(text="blue", k=2))] == ["blue.png", "sub/blue2.png"]
 
 
+def test_rebuild_forgets_styles_deleted_since_the_last_sync(colour_folder: Path, tmp_path: Path) -> None:
+    reopen(colour_folder, tmp_path / "store")
+    (colour_folder / "orange.png").unlink()
+    library, report = reopen(colour_folder, tmp_path / "store", rebuild=True)
+    assert report.total == len(COLOURS) - 1 and library.index.count() == len(COLOURS) - 1
+    assert "orange.png" not in {m.item_id for m in library.query(StyleQuery(text="orange", k=len(COLOURS)))}
+
+
 def test_metadata_change_updates_names_and_tags_without_embedding(colour_folder: Path, tmp_path: Path) -> None:
     reopen(colour_folder, tmp_path / "store")
     (colour_folder / "blue.json").write_text(json.dumps({"name": "Deep sea", "tags": ["cold"]}), encoding="utf-8")
