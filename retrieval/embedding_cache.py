@@ -8,11 +8,12 @@ SQLite makes it safe to read and append from several processes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from .sqlite_files import open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -32,12 +33,8 @@ class EmbeddingCache:
     """float32 unit vectors in one SQLite file, keyed by (model key, content sha256)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        self._db = open_database(path, [_SCHEMA])
 
     def close(self) -> None:
         self._db.close()

@@ -38,6 +38,8 @@ SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
 """The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
 LOCK_TIMEOUT_S = 300.0
 """How long a writer waits for another process's sync before giving up with an error."""
+FILTER_CACHE_SIZE = 16
+"""Tag filters whose embedding rows are kept gathered (each holds a copy of its rows)."""
 
 
 def default_roots(user_styles: Path) -> list[LibraryRoot]:
@@ -75,8 +77,11 @@ class StyleLibrary:
         self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
         self._seen_generation = -1
         self._records: dict[str, FileRecord] = {}
+        self._good: dict[str, FileRecord] = {}
+        """The indexed records (those without an error), rebuilt only when the records change."""
         self._matrix: np.ndarray | None = None
         self._matrix_ids: list[str] = []
+        self._filtered: dict[frozenset[str], tuple[np.ndarray, list[str]]] = {}
 
     @property
     def cache_key(self) -> str:
@@ -105,8 +110,13 @@ class StyleLibrary:
 
     def _after_write(self) -> None:
         self._seen_generation = self.state.generation()
-        self._records = self.state.records()
+        self._set_records(self.state.records())
+
+    def _set_records(self, records: dict[str, FileRecord]) -> None:
+        self._records = records
+        self._good = {i: r for i, r in records.items() if r.error is None}
         self._matrix = None
+        self._filtered.clear()
 
     def sync(self, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
         """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch."""
@@ -185,8 +195,7 @@ class StyleLibrary:
             if self._seen_generation != -1:
                 self.index.refresh()
             self._seen_generation = generation
-            self._records = self.state.records()
-            self._matrix = None
+            self._set_records(self.state.records())
 
     def entries(self) -> list[FileRecord]:
         """Every file of the library as last synced (skipped ones carry their ``error``), by id."""
@@ -202,41 +211,42 @@ class StyleLibrary:
     def query(self, query: StyleQuery) -> list[StyleMatch]:
         """The ``k`` best styles for a text, an image or both, best first, with scores and blend weights.
 
-        Filtered queries (tags) are answered exactly from the cached embeddings; Chroma's own
+        Raises:
+            LibraryError: the library has no indexed styles, or none carries the asked tags.
+        """
+        self._check_not_empty()
+        hits = self.search(self._query_vector(query), query.k, query.tags)
+        weights = blend_weights([h.score for h in hits], query.temperature)
+        return [self._match(h, w) for h, w in zip(hits, weights, strict=True)]
+
+    def search(self, vector: np.ndarray, k: int, tags: Sequence[str] = ()) -> list[Hit]:
+        """The ``k`` items nearest a unit query vector in this library's embedding space, best first.
+
+        Filtered searches (``tags``) are answered exactly from the cached embeddings: Chroma's own
         filtered HNSW search loses recall. An unfiltered answer with fewer results than the library
         holds means a damaged index: it is verified, rebuilt from the cache and asked again.
 
         Raises:
-            LibraryError: the library has no indexed styles, or none carries the asked tags.
+            LibraryError: the library has no indexed styles, or none carries all of ``tags``.
         """
+        self._check_not_empty()
+        if tags:
+            matrix, ids = self._tagged(frozenset(normalise_tags(list(tags))))
+            return exact_top_k(matrix, ids, vector, k)
+        hits = self.index.query(vector, k)
+        if len(hits) < min(k, len(self._good)) or any(h.item_id not in self._good for h in hits):
+            self._repair()
+            hits = self.index.query(vector, k)
+        return hits
+
+    def _check_not_empty(self) -> None:
         self.refresh_if_changed()
-        good = {i: r for i, r in self._records.items() if r.error is None}
-        if not good:
+        if not self._good:
             folders = ", ".join(str(r.path) for r in self.roots)
             raise LibraryError(
                 f"The style library {self.name!r} has 0 indexed images; add images to {folders} (or with the "
                 "Add to Style Library node) and run again."
             )
-        vector = self._query_vector(query)
-        if query.tags:
-            wanted = set(query.tags)
-            ids = [i for i, r in good.items() if wanted <= set(r.meta.tags)]
-            if not ids:
-                known = sorted({t for r in good.values() for t in r.meta.tags})
-                raise LibraryError(
-                    f"No style in library {self.name!r} has all the tags {list(query.tags)}; tags in the library: "
-                    f"{', '.join(known[:50]) or 'none'}. Change the tag filter or tag your styles."
-                )
-            matrix, row_ids = self._embedding_matrix()
-            rows = {item_id: n for n, item_id in enumerate(row_ids)}
-            hits = exact_top_k(matrix[[rows[i] for i in ids]], ids, vector, query.k)
-        else:
-            hits = self.index.query(vector, query.k)
-            if len(hits) < min(query.k, len(good)) or any(h.item_id not in good for h in hits):
-                self._repair()
-                hits = self.index.query(vector, query.k)
-        weights = blend_weights([h.score for h in hits], query.temperature)
-        return [self._match(h, w) for h, w in zip(hits, weights, strict=True)]
 
     def _query_vector(self, query: StyleQuery) -> np.ndarray:
         text_weight = query.text_weight
@@ -259,7 +269,7 @@ class StyleLibrary:
     def _embedding_matrix(self) -> tuple[np.ndarray, list[str]]:
         """All good items' embeddings as one matrix (built once per generation) for exact search."""
         if self._matrix is None:
-            ids = sorted(i for i, r in self._records.items() if r.error is None)
+            ids = sorted(self._good)
             cached = self.cache.get_many(self.cache_key, (self._records[i].sha256 for i in ids))
             missing = [i for i in ids if self._records[i].sha256 not in cached]
             if missing:
@@ -267,6 +277,26 @@ class StyleLibrary:
             self._matrix = np.stack([cached[self._records[i].sha256] for i in ids]).astype(np.float32)
             self._matrix_ids = ids
         return self._matrix, self._matrix_ids
+
+    def _tagged(self, wanted: frozenset[str]) -> tuple[np.ndarray, list[str]]:
+        """Embeddings and ids of the items carrying all of ``wanted``, kept per tag set until the library changes.
+
+        A filter is usually reused query after query (one workflow, one batch), so its rows are
+        gathered once instead of scanning every record per query.
+        """
+        if wanted not in self._filtered:
+            matrix, ids = self._embedding_matrix()
+            rows = [n for n, item_id in enumerate(ids) if wanted <= set(self._good[item_id].meta.tags)]
+            if not rows:
+                known = sorted({t for r in self._good.values() for t in r.meta.tags})
+                raise LibraryError(
+                    f"No style in library {self.name!r} has all the tags {sorted(wanted)}; tags in the library: "
+                    f"{', '.join(known[:50]) or 'none'}. Change the tag filter or tag your styles."
+                )
+            if len(self._filtered) >= FILTER_CACHE_SIZE:
+                self._filtered.pop(next(iter(self._filtered)))
+            self._filtered[wanted] = (matrix[rows], [ids[n] for n in rows])
+        return self._filtered[wanted]
 
     def _repair_cache(self, missing: list[str], cached: dict[str, np.ndarray]) -> None:
         images = [open_rgb(self.path_of(self._records[i]), EMBED_SIDE) for i in missing]

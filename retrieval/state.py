@@ -8,12 +8,12 @@ so readers in other processes (and ComfyUI's cache) can tell that the library ch
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .folder import StyleMeta
+from .sqlite_files import open_database
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS files (
@@ -53,13 +53,8 @@ class SyncState:
     """The ``files`` and ``generations`` tables of one SQLite file, scoped to one collection."""
 
     def __init__(self, path: Path, collection: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.collection = collection
-        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        for statement in _SCHEMA:
-            self._db.execute(statement)
-        self._db.commit()
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         self._db.close()

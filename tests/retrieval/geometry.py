@@ -11,6 +11,7 @@ the two-writers test starts two of these at once.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,12 @@ def solid(path: Path, colour: Sequence[float], size: int = 16, marker: int = 0) 
     return path
 
 
-def add_many(store: Path, folder: Path, prefix: str, n: int) -> None:
+def add_many(store: Path, folder: Path, prefix: str, n: int, start_at: float = 0.0) -> None:
+    """Open the library (at wall-clock ``start_at``, so several processes collide) and add ``n`` styles."""
     from sketch_rag.retrieval.folder import LibraryRoot
     from sketch_rag.retrieval.library import open_library
 
+    time.sleep(max(0.0, start_at - time.time()))
     library, _ = open_library([LibraryRoot(folder, "")], GeometryEmbedder(), store)
     rng = np.random.default_rng(abs(hash(prefix)) % 2**32)
     for i in range(n):
@@ -80,4 +83,4 @@ def add_many(store: Path, folder: Path, prefix: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    add_many(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    add_many(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), *map(float, sys.argv[5:6]))

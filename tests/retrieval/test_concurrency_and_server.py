@@ -13,6 +13,7 @@ from geometry import COLOURS, GeometryEmbedder
 
 from sketch_rag.errors import LibraryError
 from sketch_rag.retrieval.folder import LibraryRoot
+from sketch_rag.retrieval.index import EF_SEARCH, ChromaIndex
 from sketch_rag.retrieval.library import open_library
 from sketch_rag.retrieval.query import StyleQuery
 from sketch_rag.retrieval.sync import verify
@@ -37,6 +38,35 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path) -> None:
     everything = {i: library.cache.get_many(library.cache_key, [r.sha256])[r.sha256] for i, r in records.items()}
     assert library.index.self_test(everything), "a vector written by one of the processes cannot be found"
     assert verify(library, records)
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_store_at_once_all_succeed(colour_folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    start_at = str(time.time() + 6)  # after every process has imported everything: all open at once
+    openers = [
+        subprocess.Popen([sys.executable, str(HELPER), str(store), str(colour_folder), "opener", "0", start_at],
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [w.communicate(timeout=240)[1] for w in openers]
+    assert [w.returncode for w in openers] == [0] * 4, [err[-2000:] for err in errors]
+    library, report = open_library([LibraryRoot(colour_folder, "")], GeometryEmbedder(), store)
+    assert report.total == len(COLOURS) and not report.added
+    assert [m.item_id for m in library.query(StyleQuery(text="red", k=1))] == ["red.png"]
+
+
+def test_index_made_with_an_older_search_breadth_is_brought_up_to_date(tmp_path: Path) -> None:
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"), settings=Settings(anonymized_telemetry=False))
+    client.create_collection(
+        "styles-old", embedding_function=None, configuration={"hnsw": {"space": "cosine", "ef_search": 100}},
+        metadata={"model_key": "geometry@1", "dim": 4},
+    )
+    index = ChromaIndex(tmp_path / "chroma", "styles-old", "geometry@1", 4).open()
+    assert index.collection.configuration_json["hnsw"]["ef_search"] == EF_SEARCH
 
 
 def _free_port() -> int:

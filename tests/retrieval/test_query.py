@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from geometry import COLOURS
 
 from sketch_rag.errors import InvalidParameterError, LibraryError
+from sketch_rag.retrieval.embedder import ClipEmbedder, auto_precision
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import StyleQuery, blend_weights, exact_top_k
+from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
 
 def names(library: StyleLibrary, **query: object) -> list[str]:
@@ -61,6 +66,14 @@ def test_tag_filter_is_exact_and_case_insensitive(colour_library: StyleLibrary) 
         colour_library.query(StyleQuery(text="red", tags=("cold",)))
 
 
+def test_tag_filter_sees_styles_added_after_it_was_first_used(colour_library: StyleLibrary) -> None:
+    assert names(colour_library, text="blue", k=1, tags=("warm",)) == ["orange.png"]
+    blue = np.zeros((8, 8, 3), dtype=np.float32)
+    blue[..., 2] = 1.0
+    colour_library.add(blue, "Warm blue", ["warm"])
+    assert names(colour_library, text="blue", k=1, tags=("warm",)) == ["warm_blue.png"]
+
+
 def test_blending_weights_sum_to_one_and_follow_scores(colour_library: StyleLibrary) -> None:
     matches = colour_library.query(StyleQuery(text="red", k=3, temperature=0.5))
     weights = [m.weight for m in matches]
@@ -76,6 +89,24 @@ def test_exact_top_k_breaks_ties_by_id() -> None:
     matrix = np.eye(3, dtype=np.float32)[[0, 0, 1]]
     hits = exact_top_k(matrix, ["b", "a", "c"], np.array([1, 0, 0], dtype=np.float32), 2)
     assert [h.item_id for h in hits] == ["a", "b"]
+
+
+def test_precision_follows_the_device_and_barely_moves_embeddings(
+    tiny_clip, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tiny_models_dir / CLIP_MODELS_SUBFOLDER
+    exact = ClipEmbedder.load("tiny-random-clip", device="cpu", precision="fp32", search_dirs=[folder])
+    half = ClipEmbedder.load("tiny-random-clip", device="cpu", precision="bf16", search_dirs=[folder])
+    assert (exact.precision, half.precision) == ("fp32", "bf16") and exact.model_key == half.model_key
+    texts = ["a watercolour harbour", "brutalist concrete house"]
+    assert np.all(np.sum(exact.embed_texts(texts) * half.embed_texts(texts), axis=1) > 0.99)
+    assert auto_precision("cuda:0") == "fp16" and auto_precision("mps") == "fp32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert auto_precision("cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert auto_precision("cpu") == "fp32"
+    with pytest.raises(InvalidParameterError, match="Unknown precision 'int4'"):
+        ClipEmbedder.load("tiny-random-clip", precision="int4", search_dirs=[folder])
 
 
 def test_tiny_clip_embeds_any_prompt_to_unit_vectors(tiny_clip) -> None:
