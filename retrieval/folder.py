@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -89,7 +90,8 @@ def normalise_tags(tags: Any) -> tuple[str, ...]:
 
 def default_name(relpath: str) -> str:
     """A readable name from a file name: ``van_gogh-starry.jpg`` → ``van gogh starry``."""
-    return PurePosixPath(relpath).stem.replace("_", " ").replace("-", " ").strip() or relpath
+    stem = posixpath.splitext(posixpath.basename(relpath))[0]
+    return stem.replace("_", " ").replace("-", " ").strip() or relpath
 
 
 def safe_relpath(root: Path, name: str) -> str:
@@ -114,12 +116,14 @@ def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
     """Every image file under ``root`` (hidden files and folders skipped), with size and mtime.
 
     Symlinks that point outside the root are skipped with a warning: a library must not read
-    files the user did not put in it.
+    files the user did not put in it. Paths stay strings here: reopening an unchanged 10k
+    library is mostly this walk, and pathlib objects per file cost more than the stat calls.
     """
-    base = root.path.resolve()
-    stack = [base]
+    base = str(root.path.resolve())
+    stack = [""]
     while stack:
-        folder = stack.pop()
+        relfolder = stack.pop()
+        folder = os.path.join(base, relfolder) if relfolder else base
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
@@ -128,15 +132,14 @@ def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            path = Path(entry.path)
-            if entry.is_symlink() and not path.resolve().is_relative_to(base):
-                logger.warning("Style library: %s links outside %s; skipped.", path, base)
+            relpath = f"{relfolder}/{entry.name}" if relfolder else entry.name
+            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(base):
+                logger.warning("Style library: %s links outside %s; skipped.", entry.path, base)
                 continue
             if entry.is_dir():
-                stack.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                stack.append(relpath)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
                 stat = entry.stat()
-                relpath = path.relative_to(base).as_posix()
                 yield FileInfo(item_id_for(root, relpath), root, relpath, stat.st_size, stat.st_mtime_ns)
 
 
@@ -165,10 +168,12 @@ def read_metadata(root: LibraryRoot, relpaths: list[str]) -> tuple[dict[str, Sty
         except (OSError, ValueError, KeyError, TypeError) as exc:
             problems.append((str(manifest_path), f"unreadable manifest: {exc}"))
     metas: dict[str, StyleMeta] = {}
+    sidecars = _json_files(root.path, {posixpath.dirname(r) for r in relpaths})
     for relpath in relpaths:
         entry: dict[str, Any] = dict(manifest.get(relpath, {}))
-        sidecar = (root.path / relpath).with_suffix(".json")
-        if sidecar.is_file() and sidecar.name != MANIFEST_NAME:
+        sidecar_relpath = sidecars.get(posixpath.splitext(relpath)[0])
+        if sidecar_relpath is not None and posixpath.basename(sidecar_relpath) != MANIFEST_NAME:
+            sidecar = root.path / sidecar_relpath
             try:
                 side = json.loads(sidecar.read_text(encoding="utf-8"))
                 if not isinstance(side, dict):
@@ -178,6 +183,22 @@ def read_metadata(root: LibraryRoot, relpaths: list[str]) -> tuple[dict[str, Sty
                 problems.append((str(sidecar), f"unreadable sidecar: {exc}"))
         metas[relpath] = meta_from_entry(relpath, entry)
     return metas, problems
+
+
+def _json_files(base: Path, relfolders: set[str]) -> dict[str, str]:
+    """The ``.json`` files in these folders by relative path without extension: one listing per folder,
+    instead of a stat per image."""
+    found: dict[str, str] = {}
+    for relfolder in relfolders:
+        try:
+            names = os.listdir(base / relfolder)
+        except OSError:
+            continue
+        for name in names:
+            stem, ext = posixpath.splitext(name)
+            if ext.lower() == ".json":
+                found[posixpath.join(relfolder, stem)] = posixpath.join(relfolder, name)
+    return found
 
 
 def meta_from_entry(relpath: str, entry: Mapping[str, Any]) -> StyleMeta:

@@ -109,8 +109,15 @@ class StyleLibrary:
             ) from exc
 
     def _after_write(self) -> None:
-        self._seen_generation = self.state.generation()
-        self._set_records(self.state.records())
+        self.synced_records()
+
+    def synced_records(self) -> dict[str, FileRecord]:
+        """Every file as last synced by id (read again only when a write bumped the generation)."""
+        generation = self.state.generation()
+        if generation != self._seen_generation:
+            self._seen_generation = generation
+            self._set_records(self.state.records())
+        return self._records
 
     def _set_records(self, records: dict[str, FileRecord]) -> None:
         self._records = records
@@ -179,7 +186,7 @@ class StyleLibrary:
 
         relpath = self._write(write)
         item_id = f"{root.label}/{relpath}" if root.label else str(relpath)
-        record = self.state.records().get(item_id)
+        record = self.synced_records().get(item_id)
         if record is None or record.error is not None:
             raise InvalidImageError(
                 f"The new style {item_id!r} could not be indexed: {record.error if record else 'not found after sync'}."
@@ -190,12 +197,10 @@ class StyleLibrary:
 
     def refresh_if_changed(self) -> None:
         """Reload state and reopen the store if another process wrote since we last looked."""
-        generation = self.state.generation()
-        if generation != self._seen_generation:
+        if self.state.generation() != self._seen_generation:
             if self._seen_generation != -1:
                 self.index.refresh()
-            self._seen_generation = generation
-            self._set_records(self.state.records())
+            self.synced_records()
 
     def entries(self) -> list[FileRecord]:
         """Every file of the library as last synced (skipped ones carry their ``error``), by id."""

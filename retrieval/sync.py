@@ -97,7 +97,7 @@ def index_metadata(record: FileRecord) -> dict[str, Any]:
 def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
     """Sync ``lib``'s index with its folders (caller holds the writer lock); see the module docstring."""
     report = SyncReport()
-    stored = lib.state.records()
+    stored = lib.synced_records()
     old = {} if rebuild else stored
     new = scan(lib.roots, old, report)
 
@@ -148,7 +148,7 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
         if progress is not None:
             progress(min(start + CHUNK, total), total)
 
-    records = lib.state.records()
+    records = lib.state.records() if to_index or removed or rebuild else stored
     report.total = sum(1 for r in records.values() if r.error is None)
     if not verify(lib, records):
         logger.warning("Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)

@@ -66,6 +66,22 @@ def test_metadata_change_updates_names_and_tags_without_embedding(colour_folder:
     assert (match.item_id, match.name) == ("blue.png", "Deep sea")
 
 
+def test_metadata_comes_from_manifest_and_sidecars_in_any_folder(colour_folder: Path, tmp_path: Path) -> None:
+    solid(colour_folder / "sub" / "library.png", COLOURS["blue"])
+    (colour_folder / "sub" / "library.json").write_text('{"name": "not a sidecar"}', encoding="utf-8")
+    solid(colour_folder / "sub" / "deep.png", COLOURS["green"])
+    (colour_folder / "sub" / "deep.JSON").write_text('{"name": "Deep green", "tags": ["Cold"]}', encoding="utf-8")
+    (colour_folder / "library.json").write_text(
+        json.dumps([{"file": "red.png", "name": "Manifest red", "tags": ["hot"]}]), encoding="utf-8"
+    )
+    library, _ = reopen(colour_folder, tmp_path / "store")
+    meta = {r.item_id: r.meta for r in library.entries()}
+    assert meta["sub/deep.png"].name == "Deep green" and meta["sub/deep.png"].tags == ("cold",)
+    assert meta["sub/library.png"].name == "library"  # a folder's library.json is a manifest name, not a sidecar
+    assert meta["red.png"].name == "Manifest red" and meta["red.png"].tags == ("warm",)  # the sidecar wins
+    assert meta["orange.png"].name == "Orange glow"
+
+
 def test_unreadable_and_huge_images_are_skipped_and_reported(colour_folder: Path, tmp_path: Path) -> None:
     (colour_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (colour_folder / "empty.jpg").write_bytes(b"")
