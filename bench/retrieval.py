@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the pack importable as sk
 
 DIM = 512
 K = 5
-QUERIES = 200
+QUERIES = 500
 TAG = "tagged"
 SEED_E2E_MS = 200.0
 PROMPTS = (
@@ -89,7 +90,7 @@ def full_size_text_encoder(precision: str) -> Any:
 
     torch.manual_seed(0)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    model = CLIPModel(CLIPConfig()).to(dtype).eval()  # CLIPConfig's defaults are ViT-B/32's
+    model = CLIPModel(CLIPConfig()).to(dtype).eval()  # type: ignore[arg-type]  # ViT-B/32 is CLIPConfig's default
     tokenizer = CLIPTokenizer.from_pretrained(CONFIG_DIR / "sd15" / "tokenizer")  # the CLIP BPE vocabulary
     processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
     return ClipEmbedder(model=model, processor=processor, name="vit-b-32-random", fingerprint="0" * 64)
@@ -160,12 +161,12 @@ def bench_size(n: int, workdir: Path, rng: np.random.Generator, text: Any) -> di
         return scores, np.argpartition(-scores, K)[:K]
 
     for q in queries:
-        hits, seconds = timed(lambda q=q: library.search(q, K))
+        hits, seconds = timed(partial(library.search, q, K))
         search_times.append(seconds)
-        (scores, exact), seconds = timed(lambda q=q: exact_search(q))
+        (scores, exact), seconds = timed(partial(exact_search, q))
         numpy_times.append(seconds)
         recalls.append(len({row_of(h.item_id) for h in hits} & set(exact.tolist())) / K)
-        fhits, seconds = timed(lambda q=q: library.search(q, K, (TAG,)))
+        fhits, seconds = timed(partial(library.search, q, K, (TAG,)))
         f_times.append(seconds)
         truth = set(np.argsort(-np.where(tagged, scores, -np.inf))[:K].tolist())
         f_recalls.append(len({row_of(h.item_id) for h in fhits} & truth) / K)
@@ -190,7 +191,7 @@ def bench_e2e(library: Any, encoders: dict[str, Any], runs: int) -> dict[str, fl
     for i in range(runs + 3):
         for name, encoder in encoders.items():
             library.embedder.text = encoder
-            _, seconds = timed(lambda i=i: library.query(StyleQuery(text=PROMPTS[i % len(PROMPTS)], k=K)))
+            _, seconds = timed(partial(library.query, StyleQuery(text=PROMPTS[i % len(PROMPTS)], k=K)))
             times[name].append(seconds)
     return {name: percentiles(t[3:])[0] for name, t in times.items()}
 

@@ -318,11 +318,9 @@ class AddToStyleLibrary(io.ComfyNode):
         if not isinstance(library, StyleLibrary):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
         arrays = image_batch_to_arrays(image, "image")
-        ids = []
-        for n, array in enumerate(arrays):
-            label = name if len(arrays) == 1 else f"{name} {n + 1}"
-            ids.append(library.add(array, label, normalise_tags(tags)).item_id)
-        return io.NodeOutput(library, "\n".join(ids))
+        names = [name] if len(arrays) == 1 else [f"{name} {n + 1}" for n in range(len(arrays))]
+        added = library.add_many(arrays, names, normalise_tags(tags))
+        return io.NodeOutput(library, "\n".join(m.item_id for m in added))
 
 
 RETRIEVAL_NODES: list[type[io.ComfyNode]] = [StyleLibraryLoader, ClipStyleRetriever, AddToStyleLibrary]

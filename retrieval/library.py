@@ -25,7 +25,7 @@ from ..errors import InvalidImageError, LibraryError
 from ..rendering.images import write_image
 from .embedder import Embedder, ProgressCallback
 from .embedding_cache import EmbeddingCache
-from .folder import LibraryRoot, StyleMeta, normalise_tags, safe_relpath
+from .folder import LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
 from .images import EMBED_SIDE, array_to_pil, open_rgb
 from .index import ChromaIndex, Hit, collection_name, is_url
 from .query import StyleMatch, StyleQuery, blend_weights, combine, exact_top_k
@@ -141,11 +141,28 @@ class StyleLibrary:
         filename: str | None = None,
         text: dict[str, str] | None = None,
     ) -> StyleMatch:
-        """Add a style (an image array or an image file) to the writable folder, with a sidecar, and index it.
+        """Add one style (an image array or an image file); see :meth:`add_many`."""
+        return self.add_many([image], [name], tags, filenames=[filename], text=text)[0]
+
+    def add_many(
+        self,
+        images: Sequence[np.ndarray | Path],
+        names: Sequence[str],
+        tags: Sequence[str] | str = (),
+        *,
+        filenames: Sequence[str | None] | None = None,
+        text: dict[str, str] | None = None,
+    ) -> list[StyleMatch]:
+        """Add styles to the writable folder, each with a sidecar (name, tags, ``text``), and index them.
+
+        Every image is checked before anything is written, and the folder is synced once for the
+        whole batch (a sync of a big library costs far more than writing a few files). Without a
+        ``filename`` a style gets a free file name from its name (``my_style.png``, ``my_style_2.png``);
+        a given ``filename`` is written as is, replacing a file of that name.
 
         Raises:
-            LibraryError: no writable folder, a filename outside it, or an empty name.
-            InvalidImageError: the image cannot be read.
+            LibraryError: no writable folder, a filename outside it, an empty name, or unequal lengths.
+            InvalidImageError: an image cannot be read, or could not be indexed.
         """
         root = next((r for r in reversed(self.roots) if r.writable), None)
         if root is None:
@@ -153,45 +170,54 @@ class StyleLibrary:
                 f"The style library {self.name!r} has no writable folder ({', '.join(str(r.path) for r in self.roots)} "
                 "are read-only); load it with a folder of your own to add styles."
             )
-        if not name.strip():
-            raise LibraryError("The new style has an empty name; give it a name such as 'watercolour sketch'.")
-        tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
-        if isinstance(image, Path):
-            open_rgb(image, EMBED_SIDE)  # refuse unreadable files before copying them in
-            suffix = image.suffix.lower()
-        else:
-            array_to_pil(image)
-            suffix = ".png"
-        stem = re.sub(r"[^a-zA-Z0-9]+", "_", name).strip("_").lower()[:80] or "style"
-        relpath = safe_relpath(root.path, filename) if filename else None
-
-        def write() -> str:
-            nonlocal relpath
-            root.path.mkdir(parents=True, exist_ok=True)
-            if relpath is None:
-                relpath = f"{stem}{suffix}"
-                n = 2
-                while (root.path / relpath).exists():
-                    relpath, n = f"{stem}_{n}{suffix}", n + 1
-            target = root.path / relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(image, Path):
-                shutil.copyfile(image, target)
-            else:
-                write_image(target, image)
-            sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
-            target.with_suffix(".json").write_text(json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8")
-            sync(self)
-            return relpath
-
-        relpath = self._write(write)
-        item_id = f"{root.label}/{relpath}" if root.label else str(relpath)
-        record = self.synced_records().get(item_id)
-        if record is None or record.error is not None:
-            raise InvalidImageError(
-                f"The new style {item_id!r} could not be indexed: {record.error if record else 'not found after sync'}."
+        wanted = list(filenames) if filenames is not None else [None] * len(images)
+        if not len(images) == len(names) == len(wanted):
+            raise LibraryError(
+                f"add_many got {len(images)} images, {len(names)} names and {len(wanted)} filenames; give one each."
             )
-        return self._match(Hit(item_id, 1.0), 1.0)
+        if any(not n.strip() for n in names):
+            raise LibraryError("A new style has an empty name; give it a name such as 'watercolour sketch'.")
+        tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
+        suffixes = []
+        for image in images:
+            if isinstance(image, Path):
+                open_rgb(image, EMBED_SIDE)  # refuse unreadable files before copying anything in
+                suffixes.append(image.suffix.lower())
+            else:
+                array_to_pil(image)
+                suffixes.append(".png")
+        relpaths = [safe_relpath(root.path, f) if f else None for f in wanted]
+
+        def write() -> list[str]:
+            root.path.mkdir(parents=True, exist_ok=True)
+            written: list[str] = []
+            for image, name, suffix, relpath in zip(images, names, suffixes, relpaths, strict=True):
+                if relpath is None:
+                    stem = re.sub(r"[^a-zA-Z0-9]+", "_", name).strip("_").lower()[:80] or "style"
+                    relpath, n = f"{stem}{suffix}", 2
+                    while (root.path / relpath).exists():
+                        relpath, n = f"{stem}_{n}{suffix}", n + 1
+                target = root.path / relpath
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(image, Path):
+                    shutil.copyfile(image, target)
+                else:
+                    write_image(target, image)
+                sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
+                target.with_suffix(".json").write_text(
+                    json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
+                )
+                written.append(relpath)
+            sync(self)
+            return written
+
+        item_ids = [item_id_for(root, relpath) for relpath in self._write(write)]
+        records = self.synced_records()
+        failed = [f"{i} ({records[i].error if i in records else 'not found after sync'})" for i in item_ids
+                  if i not in records or records[i].error is not None]
+        if failed:
+            raise InvalidImageError(f"New styles could not be indexed: {'; '.join(failed)}.")
+        return [self._match(Hit(i, 1.0), 1.0) for i in item_ids]
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -11,10 +11,12 @@ import pytest
 from geometry import COLOURS, GeometryEmbedder, solid
 from PIL import Image
 
-from sketch_rag.errors import LibraryError, LibraryModelMismatchError
+from sketch_rag.errors import InvalidImageError, LibraryError, LibraryModelMismatchError
+from sketch_rag.retrieval import library as library_module
 from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import StyleLibrary, open_library
 from sketch_rag.retrieval.query import StyleQuery
+from sketch_rag.retrieval.sync import sync
 
 
 def reopen(folder: Path, store: Path, embedder: GeometryEmbedder | None = None, **kw: object):
@@ -157,6 +159,28 @@ def test_add_writes_image_and_sidecar_and_refuses_escapes(colour_folder: Path, t
         with pytest.raises(LibraryError, match="inside"):
             library.add(pixels, "x", "", filename=bad)
     assert not (tmp_path / "outside.png").exists()
+
+
+def test_add_many_checks_everything_first_and_syncs_once(
+    colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library, _ = reopen(colour_folder, tmp_path / "store")
+    syncs: list[StyleLibrary] = []
+
+    def counted_sync(lib: StyleLibrary, **kw: object) -> object:
+        syncs.append(lib)
+        return sync(lib, **kw)
+
+    monkeypatch.setattr(library_module, "sync", counted_sync)
+    red, blue = np.zeros((8, 8, 3), dtype=np.float32), np.zeros((8, 8, 3), dtype=np.float32)
+    red[..., 0], blue[..., 2] = 1.0, 1.0
+    with pytest.raises(InvalidImageError):
+        library.add_many([red, np.full((8, 8, 3), np.nan, dtype=np.float32)], ["a", "b"])
+    assert sorted(p.name for p in colour_folder.glob("a*")) == []  # nothing written when one image is bad
+    added = library.add_many([red, blue, red], ["Batch", "Batch", "Batch"], ["batch"])
+    assert [m.item_id for m in added] == ["batch.png", "batch_2.png", "batch_3.png"]
+    assert len(syncs) == 1
+    assert [m.item_id for m in library.query(StyleQuery(text="blue", k=1, tags=("batch",)))] == ["batch_2.png"]
 
 
 def test_empty_library_gives_a_clear_error(tmp_path: Path) -> None:
