@@ -36,6 +36,7 @@ from sketch_rag.rendering import architectures as arch  # noqa: E402
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec  # noqa: E402
 from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest  # noqa: E402
+from sketch_rag.rendering.tiny_sd import cross_attention_widths  # noqa: E402
 
 SD15 = arch.Sd15Widths((320, 640, 1280, 1280), 768, (128, 256, 512, 512), 768, 3072, 12, 49408, 77)
 
@@ -66,19 +67,9 @@ def write_full_size_models(root: Path) -> PipelineSpec:
         "image_proj.norm.weight": torch.ones(768),
         "image_proj.norm.bias": torch.zeros(768),
     }
-    channels = list(SD15.unet_channels)
-    for index, name in enumerate(unet.attn_processors):
-        if name.endswith("attn2.processor"):
-            block = name.split(".")
-            hidden = (
-                channels[-1]
-                if block[0] == "mid_block"
-                else channels[::-1][int(block[1])]
-                if block[0] == "up_blocks"
-                else channels[int(block[1])]
-            )
-            ip[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, 768) * 0.02
-            ip[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, 768) * 0.02
+    for index, hidden in cross_attention_widths(unet).items():
+        ip[f"ip_adapter.{index}.to_k_ip.weight"] = torch.randn(hidden, 768) * 0.02
+        ip[f"ip_adapter.{index}.to_v_ip.weight"] = torch.randn(hidden, 768) * 0.02
     save_file({k: v.half() for k, v in ip.items()}, str(root / "ipadapter" / "ip-adapter_sd15.safetensors"))
     del unet
     gc.collect()

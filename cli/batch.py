@@ -32,7 +32,7 @@ from ..errors import PreflightError
 from .batch_jobs import Job
 from .batch_scores import contact_sheet, structure_fidelity, style_similarity
 from .comfyui_client import ComfyClient, ComfyClientError, JobFailed, OutputImage, PromptRejected
-from .workflows import Graph, bind, bind_ui_values, nodes_titled, targets, validate_graph
+from .workflows import Graph, bind, bind_ui_values, nodes_titled, style_results, targets, validate_graph
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,9 @@ def run_batch(settings: BatchSettings, jobs: Sequence[Job], servers: Sequence[st
 class _Worker:
     """One job at a time on one server, over its own websocket (ComfyUI sends progress to its client id)."""
 
+    clip_lock = threading.Lock()
+    """The CLIP model is shared by the workers; its own lock keeps progress updates from waiting on it."""
+
     def __init__(self, client: ComfyClient, settings: BatchSettings, object_info: Mapping[str, Any],
                  pending: queue.Queue[Job], record: Callable[[dict[str, Any]], None], status: Callable[[str], None],
                  dead: threading.Event, result: BatchResult, lock: threading.Lock) -> None:
@@ -305,19 +308,13 @@ class _Worker:
                  manifest: dict[str, Any]) -> None:
         out_dir, outputs = self.settings.out_dir, entry.get("outputs", {})
 
-        def texts(title: str) -> list[str]:
-            nodes = nodes_titled(graph, "PreviewAny", title)
-            values = [t for nid in nodes for t in outputs.get(nid, {}).get("text", [])]
-            return [line for value in values for line in str(value).splitlines() if line.strip()]
-
         def images(node_ids: list[str]) -> list[OutputImage]:
             found = []
             for node_id in node_ids:
                 found.extend(self.client.output_images(entry, node_id))
             return found
 
-        manifest["styles"] = texts("style names")
-        manifest["style_scores"] = [float(s) for text in texts("style scores") for s in text.split(",") if s.strip()]
+        manifest["styles"], manifest["style_scores"] = style_results(graph, outputs)
         renders = images(nodes_titled(graph, "SaveImage"))
         if not renders:
             raise JobFailed(manifest.get("prompt_id", "?"), "SaveImage", "the job finished without an image")
@@ -340,7 +337,7 @@ class _Worker:
         pixels = np.asarray(render.convert("RGB"), dtype=np.float32) / 255.0
         manifest["structure_fidelity"] = round(structure_fidelity(read_image(job.sketch), pixels), 4)
         if self.settings.embedder is not None and reference is not None:
-            with self.lock:  # one CLIP model shared by the workers
+            with self.clip_lock:
                 manifest["style_similarity"] = round(style_similarity(self.settings.embedder, render, reference), 4)
 
 

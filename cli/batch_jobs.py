@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import JobFileError
 from ..rendering.render_request import MAX_SEED
+from ..retrieval.hashing import sha256_file
 
 SKETCH_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -43,7 +44,7 @@ class Job:
     @functools.cached_property
     def job_id(self) -> str:
         """Same sketch file content + same fields = same id, so a re-run recognises finished work."""
-        digest = hashlib.sha256(self.sketch.read_bytes()).hexdigest()[:16]
+        digest = sha256_file(self.sketch)[:16]
         key = json.dumps({**self.fields(), "sketch": digest}, sort_keys=True)
         return f"{self.sketch.stem[:40]}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 

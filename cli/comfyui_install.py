@@ -76,7 +76,14 @@ def install_requirements(comfy_dir: Path) -> None:
         finally:
             os.unlink(handle.name)
         stamp.touch()
-    _make_cuda_wheels_importable_on_cpu_torch()
+    # Checking the companions means importing torch and both of them in subprocesses (seconds), so it
+    # is done again only when one of them was (re)installed: pip rewrites their __init__.py.
+    companions = [_module_dir(n) for n in ("torch", "torchvision", "torchaudio") if importlib.util.find_spec(n)]
+    identity = "|".join(f"{d}:{(Path(d) / '__init__.py').stat().st_mtime_ns}" for d in companions)
+    checked = comfy_dir / f".torch-companions-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    if not checked.exists():
+        _make_cuda_wheels_importable_on_cpu_torch()
+        checked.touch()
 
 
 def _torch_constraints() -> str:

@@ -137,7 +137,16 @@ def _render(url: str, args: argparse.Namespace, fields: dict[str, Any]) -> tuple
     so dropping the output on ComfyUI reopens this exact render.
     """
     from .comfyui_client import ComfyClient, JobFailed
-    from .workflows import bind, bind_ui_values, load_api_workflow, load_ui_workflow, targets, validate_graph
+    from .workflows import (
+        bind,
+        bind_ui_values,
+        load_api_workflow,
+        load_ui_workflow,
+        nodes_titled,
+        style_results,
+        targets,
+        validate_graph,
+    )
 
     client = ComfyClient(url)
     object_info = client.object_info()
@@ -150,16 +159,8 @@ def _render(url: str, args: argparse.Namespace, fields: dict[str, Any]) -> tuple
     ui = bind_ui_values(load_ui_workflow(), graph, object_info)
     prompt_id = client.queue_prompt(graph, {"extra_pnginfo": {"workflow": ui}})
     entry = client.wait(prompt_id, timeout=3600)
-    outputs = entry["outputs"]
-
-    def texts(title: str) -> list[str]:
-        values = [t for nid, node in graph.items() if node.get("_meta", {}).get("title") == title
-                  for t in outputs.get(nid, {}).get("text", [])]
-        return [line.strip() for value in values for line in str(value).splitlines() if line.strip()]
-
-    names = texts("style names")
-    scores = [float(s) for text in texts("style scores") for s in text.split(",") if s.strip()]
-    save = next(nid for nid, node in graph.items() if node["class_type"] == "SaveImage")
+    names, scores = style_results(graph, entry["outputs"])
+    save = nodes_titled(graph, "SaveImage")[0]
     images = client.output_images(entry, save)
     if not images:
         raise JobFailed(prompt_id, "SaveImage", "the job finished without an image; see the ComfyUI log.")

@@ -62,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
-    from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, is_clip_folder
+    from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
     from ..retrieval.folder import LibraryRoot
     from ..retrieval.library import default_roots, open_library
     from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
@@ -70,7 +70,7 @@ def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
     model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
     model = args.model
     if model is None:
-        local = sorted(p.name for p in model_dir.iterdir() if is_clip_folder(p)) if model_dir.is_dir() else []
+        local = clip_folder_names([model_dir])
         model = local[0] if local else DEFAULT_HUB_MODEL
     embedder = ClipEmbedder.load(model, allow_download=args.allow_download, search_dirs=[model_dir])
     if args.folder is None:

@@ -71,7 +71,7 @@ def _pick(models_dir: Path, kind: str, name: str | None) -> Path:
 
 def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
     """The library's best match for the prompt: (image path, name, score)."""
-    from ..retrieval.embedder import ClipEmbedder, is_clip_folder
+    from ..retrieval.embedder import ClipEmbedder, clip_folder_names
     from ..retrieval.folder import LibraryRoot
     from ..retrieval.library import open_library
     from ..retrieval.query import StyleQuery
@@ -80,7 +80,7 @@ def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
     if not args.library.is_dir():
         raise InvalidParameterError(f"--library {args.library} is not a folder; give a folder of style images.")
     model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
-    models = sorted(p.name for p in model_dir.iterdir() if is_clip_folder(p)) if model_dir.is_dir() else []
+    models = clip_folder_names([model_dir])
     if not models:
         raise ModelNotFoundError(
             f"No CLIP model for style retrieval in {model_dir}; put a transformers CLIP folder there "

@@ -341,6 +341,17 @@ def nodes_titled(graph: Graph, class_type: str, title: str | None = None) -> lis
             and (title is None or node.get("_meta", {}).get("title") == title)]
 
 
+def style_results(graph: Graph, outputs: dict[str, Any]) -> tuple[list[str], list[float]]:
+    """The retrieved style names and scores a finished job shows in its "style names"/"style scores" previews."""
+
+    def texts(title: str) -> list[str]:
+        values = [t for nid in nodes_titled(graph, "PreviewAny", title) for t in outputs.get(nid, {}).get("text", [])]
+        return [line.strip() for value in values for line in str(value).splitlines() if line.strip()]
+
+    scores = [float(s) for text in texts("style scores") for s in text.split(",") if s.strip()]
+    return texts("style names"), scores
+
+
 REAL_MODELS: dict[str, str] = {
     "checkpoint": "v1-5-pruned-emaonly.safetensors",
     "controlnet": "control_v11p_sd15_canny.pth",

@@ -23,7 +23,7 @@ from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
 from ..errors import LibraryError
-from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, is_clip_folder
+from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, default_roots, open_library
@@ -53,10 +53,7 @@ def _model_dirs() -> list[Path]:
 
 
 def _model_options() -> list[str]:
-    local = sorted(
-        {p.name for d in _model_dirs() if d.is_dir() for p in d.iterdir() if p.is_dir() and is_clip_folder(p)}
-    )
-    return [*local, DEFAULT_HUB_MODEL]
+    return [*clip_folder_names(_model_dirs()), DEFAULT_HUB_MODEL]
 
 
 def _user_dir() -> Path:

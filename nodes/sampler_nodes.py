@@ -233,7 +233,7 @@ class HybridSampler(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
+                    max=rr.MAX_SEED,
                     control_after_generate=True,
                     tooltip="Same seed and inputs give the same image.",
                 ),

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .images import check_image_array, check_image_size
+from .images import check_image_array, check_image_size, to_uint8
 
 DEFAULT_LOW_THRESHOLD = 50
 DEFAULT_HIGH_THRESHOLD = 150
@@ -169,7 +169,7 @@ def _to_u8(gray: np.ndarray) -> np.ndarray:
         return gray
     if gray.dtype == np.uint16:
         return cv2.convertScaleAbs(gray, alpha=255.0 / 65535.0)
-    return np.clip(gray.astype(np.float32, copy=False) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return to_uint8(gray)
 
 
 POLARITY_SAMPLE_SIDE = 64

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import InvalidParameterError, ModelNotFoundError, RenderInterruptedError
 from . import loading
+from .images import to_uint8
 from .model_files import FileKey
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
 
@@ -153,7 +154,17 @@ class PipelineCache:
             if spec.ip_adapter is not None and encoder is not None:
                 ip_path, pipe = spec.ip_adapter, self._pipe
                 ip_key = (FileKey.of(ip_path), id(sd.unet), id(encoder))
-                ip_info = self._slot("ip_adapter", ip_key, lambda _: _load_ip_adapter(pipe, ip_path, encoder))
+                ip_info = self._slot(
+                    "ip_adapter",
+                    ip_key,
+                    lambda weights: _load_ip_adapter(pipe, weights),
+                    lambda: loading.load_ip_adapter_weights(
+                        ip_path,
+                        int(pipe.unet.config.cross_attention_dim),
+                        int(encoder.config.projection_dim),
+                        int(encoder.config.hidden_size),
+                    ),
+                )
             else:
                 self._slots.pop("ip_adapter", None)
                 _unload_ip_adapter(self._pipe)
@@ -213,14 +224,9 @@ def _assemble(sd: loading.Sd15Parts, controlnet: Any, encoder: Any) -> Any:
     return pipe
 
 
-def _load_ip_adapter(pipe: Any, path: Path, encoder: Any) -> Any:
+def _load_ip_adapter(pipe: Any, weights: Any) -> Any:
+    """Put checked IP-Adapter weights (:func:`loading.load_ip_adapter_weights`) into the pipeline's UNet."""
     _unload_ip_adapter(pipe)
-    weights = loading.load_ip_adapter_weights(
-        path,
-        int(pipe.unet.config.cross_attention_dim),
-        int(encoder.config.projection_dim),
-        int(encoder.config.hidden_size),
-    )
     with loading.quiet_progress():
         pipe.load_ip_adapter(weights.state, subfolder="", weight_name="", image_encoder_folder=None)
     return weights.info
@@ -311,8 +317,7 @@ class HybridPipeline:
         cond: torch.Tensor | None = None
         uncond: torch.Tensor | None = None
         for image, weight in zip(checked.style_images, checked.style_weights, strict=True):
-            u8 = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-            embeds, negative = pipe.encode_image(u8, device, 1, hidden)
+            embeds, negative = pipe.encode_image(to_uint8(image), device, 1, hidden)
             cond = embeds * weight if cond is None else cond + embeds * weight
             uncond = negative if uncond is None else uncond  # the zero image / zero embedding: the same for all
         assert cond is not None and uncond is not None  # check_request guarantees at least one reference
@@ -329,7 +334,7 @@ class HybridPipeline:
         request = checked.request
         # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-        control = Image.fromarray((np.clip(checked.control_image, 0, 1) * 255.0 + 0.5).astype(np.uint8))
+        control = Image.fromarray(to_uint8(checked.control_image))
         cfg = request.guidance_scale > 1.0
         kwargs: dict[str, Any] = {}
         if self.has_ip_adapter:

@@ -105,6 +105,11 @@ def to_float_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     return out
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float pixels in [0, 1] as uint8, rounded to nearest (out-of-range values clipped), shape kept."""
+    return np.clip(np.asarray(image, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def decode_image(path: str | os.PathLike[str], decode: Callable[[Image.Image], T], what: str = "image") -> T:
     """Open an image file, check its size before any pixel is decoded, and run ``decode`` on it.
 
@@ -178,7 +183,7 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     """
     path = Path(path)
     if image.dtype != np.uint8:
-        image = np.clip(np.asarray(image, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = to_uint8(image)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[2] == 1 else image).save(

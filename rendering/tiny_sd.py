@@ -83,7 +83,7 @@ def build_tiny_sd15(seed: int = TINY_SEED) -> dict[str, Any]:
     }
 
 
-def _cross_attention_widths(unet: Any) -> dict[int, int]:
+def cross_attention_widths(unet: Any) -> dict[int, int]:
     """Processor index -> hidden width of each cross-attention layer, numbered as IP-Adapter files number them.
 
     IP-Adapter's checkpoint holds every attention processor in order (self- and cross-attention alternate),
@@ -132,7 +132,7 @@ def ip_adapter_state_dict(unet: Any, plus: bool, seed: int = TINY_SEED) -> dict[
         sd["image_proj.proj.weight"] = rand(cad * arch.IP_ADAPTER_SD15_TOKENS, TINY_IMAGE_EMBED)
         sd["image_proj.proj.bias"] = torch.zeros(cad * arch.IP_ADAPTER_SD15_TOKENS)
         sd["image_proj.norm.weight"], sd["image_proj.norm.bias"] = torch.ones(cad), torch.zeros(cad)
-    for index, hidden in _cross_attention_widths(unet).items():
+    for index, hidden in cross_attention_widths(unet).items():
         sd[f"ip_adapter.{index}.to_k_ip.weight"] = rand(hidden, cad)
         sd[f"ip_adapter.{index}.to_v_ip.weight"] = rand(hidden, cad)
     return {k: v.half().contiguous() for k, v in sd.items()}  # h94 ships fp16

@@ -86,6 +86,13 @@ def is_clip_folder(path: Path) -> bool:
     )
 
 
+def clip_folder_names(dirs: Sequence[Path]) -> list[str]:
+    """Names of the transformers CLIP folders inside ``dirs``, sorted (what a model dropdown offers)."""
+    return sorted(
+        {p.name for d in map(Path, dirs) if d.is_dir() for p in d.iterdir() if p.is_dir() and is_clip_folder(p)}
+    )
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower() or "model"
 
@@ -243,9 +250,7 @@ def _resolve_model_folder(source: str, search_dirs: Sequence[Path], allow_downlo
             return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download))
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types; all mean "not available"
             logger.debug("hub lookup of %s failed: %s", source, exc)
-    found = sorted(
-        p.name for d in search_dirs if Path(d).is_dir() for p in Path(d).iterdir() if p.is_dir() and is_clip_folder(p)
-    )
+    found = clip_folder_names(search_dirs)
     where = ", ".join(str(d) for d in search_dirs) or "(no models folder given)"
     raise ModelNotFoundError(
         f"No CLIP model {source!r}: not a transformers CLIP folder and not in {where} "

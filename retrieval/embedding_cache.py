@@ -33,7 +33,6 @@ class EmbeddingCache:
     """float32 unit vectors in one SQLite file, keyed by (model key, content sha256)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self._db = open_database(path, [_SCHEMA])
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..rendering.images import decode_image, to_float_image
+from ..rendering.images import decode_image, to_float_image, to_uint8
 
 EMBED_SIDE = 448
 """Longest side kept for embedding: twice CLIP's 224 so its own resize/crop still has detail."""
@@ -47,7 +47,7 @@ def flatten_alpha(img: Image.Image) -> Image.Image:
 def array_to_pil(image: np.ndarray) -> Image.Image:
     """A float ``(H, W, C)`` array in [0, 1] (an IMAGE from a workflow) as a PIL RGB image."""
     image = to_float_image(image, "query image")
-    pixels = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    pixels = to_uint8(image)
     if pixels.shape[2] == 1:
         return Image.fromarray(pixels[:, :, 0]).convert("RGB")
     return flatten_alpha(Image.fromarray(pixels))  # (H, W, 3) decodes as RGB, (H, W, 4) as RGBA

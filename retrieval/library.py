@@ -246,7 +246,7 @@ class StyleLibrary:
             LibraryError: the library has no indexed styles, or none carries the asked tags.
         """
         self._check_not_empty()
-        hits = self.search(self._query_vector(query), query.k, query.tags)
+        hits = self._search(self._query_vector(query), query.k, query.tags)
         weights = blend_weights([h.score for h in hits], query.temperature)
         return [self._match(h, w) for h, w in zip(hits, weights, strict=True)]
 
@@ -261,6 +261,9 @@ class StyleLibrary:
             LibraryError: the library has no indexed styles, or none carries all of ``tags``.
         """
         self._check_not_empty()
+        return self._search(vector, k, tags)
+
+    def _search(self, vector: np.ndarray, k: int, tags: Sequence[str]) -> list[Hit]:
         if tags:
             matrix, ids = self._tagged(frozenset(normalise_tags(list(tags))))
             return exact_top_k(matrix, ids, vector, k)
@@ -305,7 +308,7 @@ class StyleLibrary:
             missing = [i for i in ids if self._records[i].sha256 not in cached]
             if missing:
                 self._repair_cache(missing, cached)
-            self._matrix = np.stack([cached[self._records[i].sha256] for i in ids]).astype(np.float32)
+            self._matrix = np.stack([cached[self._records[i].sha256] for i in ids], dtype=np.float32)
             self._matrix_ids = ids
         return self._matrix, self._matrix_ids
 
@@ -338,8 +341,7 @@ class StyleLibrary:
     def _match(self, hit: Hit, weight: float) -> StyleMatch:
         record = self._records.get(hit.item_id) or self.state.records()[hit.item_id]
         return StyleMatch(
-            item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight,
-            sha256=record.sha256,
+            item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight
         )
 
     def close(self) -> None:

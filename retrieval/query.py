@@ -67,7 +67,6 @@ class StyleMatch:
     meta: StyleMeta
     score: float
     weight: float = 0.0
-    sha256: str = ""
 
     @property
     def name(self) -> str:

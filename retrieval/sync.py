@@ -62,7 +62,6 @@ class SyncReport:
 
 
 
-
 def scan(roots: list[LibraryRoot], known: dict[str, FileRecord], report: SyncReport) -> dict[str, FileRecord]:
     """The folder as it is now: one record per image file (error unset), metadata attached."""
     records: dict[str, FileRecord] = {}
@@ -104,6 +103,8 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
     removed = [i for i in old if i not in new]
     removed_by_sha = {old[i].sha256: i for i in removed if old[i].error is None}
     to_index: list[FileRecord] = []
+    state_only: list[FileRecord] = []
+    # Same content and metadata but a new size/mtime (a touch, a copy): only the state row changes, not the index.
     unchanged_errors: list[FileRecord] = []
     for item_id, rec in sorted(new.items()):
         prev = old.get(item_id)
@@ -118,10 +119,13 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
             to_index.append(rec)
         elif prev.error is not None:
             unchanged_errors.append(replace(rec, error=prev.error))
-        elif prev.meta != rec.meta or (prev.size, prev.mtime_ns) != (rec.size, rec.mtime_ns):
-            if prev.meta != rec.meta:
-                report.metadata_updated.append(item_id)
+            if (prev.size, prev.mtime_ns) != (rec.size, rec.mtime_ns):  # else it would be hashed on every sync
+                state_only.append(unchanged_errors[-1])
+        elif prev.meta != rec.meta:
+            report.metadata_updated.append(item_id)
             to_index.append(rec)
+        elif (prev.size, prev.mtime_ns) != (rec.size, rec.mtime_ns):
+            state_only.append(rec)
     report.skipped.extend((str(lib.path_of(r)), r.error or "") for r in unchanged_errors)
     renamed_from = {old_id for old_id, _ in report.renamed}
     report.removed = [i for i in removed if i not in renamed_from]
@@ -132,7 +136,7 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
         lib.index.delete(removed)
     # A rebuild re-reads every file, but the rows of files deleted since the last sync must go too, or
     # the index would be rebuilt with their cached vectors and a deleted style could still be retrieved.
-    lib.state.write([], [i for i in stored if i not in new])
+    lib.state.write(state_only, [i for i in stored if i not in new])
 
     total = len(to_index)
     for start in range(0, total, CHUNK):
@@ -148,13 +152,13 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
         if progress is not None:
             progress(min(start + CHUNK, total), total)
 
-    records = lib.state.records() if to_index or removed or rebuild else stored
+    records = lib.state.records() if to_index or state_only or removed or rebuild else stored
     report.total = sum(1 for r in records.values() if r.error is None)
     if not verify(lib, records):
         logger.warning("Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)
         rebuild_index(lib, records)
         report.rebuilt = True
-    changed = report.rebuilt or to_index or removed
+    changed = report.rebuilt or to_index or state_only or removed
     report.generation = lib.state.bump() if changed else lib.state.generation()
     return report
 
@@ -206,8 +210,9 @@ def rebuild_index(lib: StyleLibrary, records: dict[str, FileRecord]) -> None:
         chunk = good[start : start + CHUNK * 16]
         vectors = _vectors_for(lib, chunk, SyncReport())
         ok = [r for r in chunk if r.sha256 in vectors]
-        lib.index.put([r.item_id for r in ok], np.stack([vectors[r.sha256] for r in ok]),
-                      [index_metadata(r) for r in ok])
+        if ok:
+            lib.index.put([r.item_id for r in ok], np.stack([vectors[r.sha256] for r in ok]),
+                          [index_metadata(r) for r in ok])
         if len(ok) < len(chunk):
             lib.state.write([r for r in chunk if r.sha256 not in vectors], [])
 

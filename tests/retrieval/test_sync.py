@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def test_unchanged_library_embeds_nothing(colour_folder: Path, tmp_path: Path) -
     assert second.embedded == 0 and embedder.images_embedded == 0
     assert not (second.added or second.changed or second.removed) and second.generation == first.generation
     assert library.query(StyleQuery(text="green"))[0].item_id == "green.png"
+
+
+def test_touched_file_updates_its_state_row_without_touching_the_index(
+    colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library, _ = reopen(colour_folder, tmp_path / "store")
+    os.utime(colour_folder / "red.png", ns=(1_000_000_000, 1_000_000_000))
+    puts: list[object] = []
+    monkeypatch.setattr(type(library.index), "put", lambda self, ids, *a: puts.append(ids))
+    report = library.sync()
+    assert report.embedded == 0 and not (report.added or report.changed or report.metadata_updated) and not puts
+    assert library.synced_records()["red.png"].mtime_ns == 1_000_000_000
+    assert library.query(StyleQuery(text="red"))[0].item_id == "red.png"
 
 
 def test_add_modify_rename_delete(colour_folder: Path, tmp_path: Path) -> None:
