@@ -124,18 +124,48 @@ class PeakMemory:
             self.peak = self._top - self._base
 
 
-def timed(run: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, int]:
-    """Median seconds and largest peak memory of ``repeats`` warm runs."""
-    times, peaks = [], []
-    for _ in range(repeats):
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        peaks.append(memory.peak)
-    return statistics.median(times), max(peaks)
+def measure(run: Callable[[], Any], device: torch.device) -> tuple[float, int]:
+    """Seconds and peak memory of one warm run."""
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak
+
+
+def side_by_side(
+    ours: Callable[[], Any], plain: Callable[[], Any], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Interleaved pairs (ours/plain, then plain/ours, ...) so drift of the machine hits both sides alike.
+
+    The ratio is the median of the per-pair ratios; ``ratio_halves`` is that median over the first and the
+    second half of the pairs, i.e. two runs' worth of agreement inside one run.
+    """
+    ours_s, plain_s, ratios, ours_mem, plain_mem = [], [], [], [], []
+    for i in range(repeats):
+        if i % 2:
+            p, pm = measure(plain, device)
+            o, om = measure(ours, device)
+        else:
+            o, om = measure(ours, device)
+            p, pm = measure(plain, device)
+        ours_s.append(o)
+        plain_s.append(p)
+        ratios.append(o / p)
+        ours_mem.append(om)
+        plain_mem.append(pm)
+    half = max(1, repeats // 2)
+    return {
+        "ours_s": statistics.median(ours_s),
+        "plain_s": statistics.median(plain_s),
+        "ratio": statistics.median(ratios),
+        "ratio_halves": [round(statistics.median(ratios[:half]), 4), round(statistics.median(ratios[half:]), 4)],
+        "ratio_spread": round(max(ratios) - min(ratios), 4),
+        "ours_mem": max(ours_mem),
+        "plain_mem": max(plain_mem),
+    }
 
 
 def main() -> None:
@@ -144,7 +174,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="square side (default: 128 on CPU, 512 on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="default: 4 on CPU, 20 on CUDA")
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved pairs per batch size")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--models-dir", type=Path, default=None, help="reuse full-size files written here before")
     args = parser.parse_args()
@@ -237,19 +267,20 @@ def main() -> None:
         ours()  # warm-up (kernels, allocator); also the "second run" whose loads we count
         loads_before = sum(cache.loads.values())
         reference()
-        ours_s, ours_mem = timed(ours, device, args.repeats)
-        plain_s, plain_mem = timed(reference, device, args.repeats)
+        pair = side_by_side(ours, reference, device, args.repeats)
         warm_loads = sum(cache.loads.values()) - loads_before
         results[str(batch)] = {
-            "ours_s": round(ours_s, 3),
-            "plain_s": round(plain_s, 3),
-            "overhead_ratio": round(ours_s / plain_s, 4),
-            "peak_mem_ours_mb": round(ours_mem / 2**20, 1),
-            "peak_mem_plain_mb": round(plain_mem / 2**20, 1),
-            "peak_mem_ratio": round(ours_mem / max(plain_mem, 1), 4),
+            "ours_s": round(pair["ours_s"], 3),
+            "plain_s": round(pair["plain_s"], 3),
+            "overhead_ratio": round(pair["ratio"], 4),
+            "overhead_ratio_halves": pair["ratio_halves"],
+            "overhead_ratio_spread": pair["ratio_spread"],
+            "peak_mem_ours_mb": round(pair["ours_mem"] / 2**20, 1),
+            "peak_mem_plain_mb": round(pair["plain_mem"] / 2**20, 1),
+            "peak_mem_ratio": round(pair["ours_mem"] / max(pair["plain_mem"], 1), 4),
             "warm_loads": warm_loads,
-            "s_per_image": round(ours_s / batch, 3),
-            "images_per_s": round(batch / ours_s, 3),
+            "s_per_image": round(pair["ours_s"] / batch, 3),
+            "images_per_s": round(batch / pair["ours_s"], 3),
         }
         print(f"batch {batch}: {results[str(batch)]}")
 
@@ -261,6 +292,7 @@ def main() -> None:
                 if device.type == "cuda"
                 else f"cpu ({torch.get_num_threads()} threads)",
                 "overhead_ratio": first["overhead_ratio"],
+                "overhead_ratio_halves": first["overhead_ratio_halves"],
                 "peak_mem_ratio": first["peak_mem_ratio"],
                 "warm_loads": max(r["warm_loads"] for r in results.values()),
                 "s_per_image": first["s_per_image"],

@@ -211,8 +211,10 @@ class HybridSampler(io.ComfyNode):
                     "ip_adapter_mode",
                     options=[m.value for m in rr.IpAdapterMode],
                     default="style",
-                    tooltip="style: only SD1.5's style block (no content leak from the reference); "
-                    "composition: layout blocks; full: every block.",
+                    tooltip="Where the reference is injected. style: only the style layers (the three of "
+                    "up_blocks.1), as InstantStyle does for SD1.5, to carry colour and brushwork rather than the "
+                    "reference's objects; composition: only the layout layers (down_blocks.2 and the mid block); "
+                    "style_and_composition: both; full: all 16 layers (the original IP-Adapter).",
                 ),
                 io.Int.Input(
                     "num_inference_steps",

@@ -34,11 +34,12 @@ MAX_SEED = 2**64 - 1
 
 
 class IpAdapterMode(str, Enum):
-    """Which UNet blocks receive the reference image.
+    """Which of SD1.5's 16 cross-attention layers receive the reference image.
 
-    ``style`` injects only into SD1.5's style block (``up_blocks.1``, InstantStyle-like), so colours, texture
-    and brushwork transfer while the reference's objects do not leak into the render; ``composition`` only into
-    the layout blocks (``down_blocks.2`` and the mid block); ``full`` everywhere.
+    ``full``: all of them (the original IP-Adapter). ``style``: only the three layers of ``up_blocks.1``, the
+    blocks InstantStyle identifies as carrying style; ``composition``: only the layout blocks (``down_blocks.2`` and
+    the mid block); ``style_and_composition``: both sets. Whether the restricted modes keep a reference's objects
+    out of a render depends on the real weights; what the code guarantees is where the image is injected.
     """
 
     FULL = "full"
@@ -50,16 +51,21 @@ class IpAdapterMode(str, Enum):
 def ip_adapter_block_scales(mode: IpAdapterMode, scale: float) -> float | dict[str, object]:
     """The ``set_ip_adapter_scale`` argument for ``mode`` on the SD1.5 UNet.
 
-    SD1.5's ``up_blocks.0`` has no attention, so diffusers' SDXL example ``{"up": {"block_0": …}}`` silently
-    turns the adapter off here; the SD1.5 style block is ``up_blocks.1`` (its middle transformer).
+    Follows InstantStyle's SD1.5 reference script (instantX-research/InstantStyle, ``infer_style_sd15.py``):
+    ``target_blocks=["up_blocks.1"]`` for style and ``["down_blocks.2", "mid_block", "up_blocks.1"]`` for style +
+    layout, each matched as a substring of the attention-processor names. So "up_blocks.1" is all three of its
+    transformers (``up_blocks.1.attentions.0/1/2``), and layout is both transformers of ``down_blocks.2`` plus the mid
+    block's. In diffusers' form a number given for a whole block applies to every transformer in it. (SDXL's
+    single-layer pattern ``[0, s, 0]`` would keep one of SD1.5's 16 layers; diffusers' SDXL example
+    ``{"up": {"block_0": …}}`` silently turns the adapter off here, since SD1.5's ``up_blocks.0`` has no attention.)
     """
     if mode is IpAdapterMode.FULL:
         return scale
     scales: dict[str, object] = {}
     if mode in (IpAdapterMode.STYLE, IpAdapterMode.STYLE_AND_COMPOSITION):
-        scales["up"] = {"block_1": [0.0, scale, 0.0]}
+        scales["up"] = {"block_1": scale}
     if mode in (IpAdapterMode.COMPOSITION, IpAdapterMode.STYLE_AND_COMPOSITION):
-        scales["down"] = {"block_2": [scale, scale]}
+        scales["down"] = {"block_2": scale}
         scales["mid"] = scale
     return scales
 

@@ -160,3 +160,14 @@ def test_comfyui_interrupt_stops_sampling_and_the_next_run_works(comfy: ComfyCli
     entry = comfy.history(prompt_id) or {}
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
     assert pixels(comfy.run(graph(sketch, style, seed=12), "6")[0]).shape[0] == 64
+
+
+def test_each_ip_adapter_mode_reaches_the_render(comfy: ComfyClient, inputs: tuple[str, str]) -> None:
+    sketch, style = inputs
+    modes = ("full", "style", "composition", "style_and_composition")
+    renders = {m: pixels(comfy.run(graph(sketch, style, seed=5, ip_adapter_mode=m), "6")[0]) for m in modes}
+    assert len({r.tobytes() for r in renders.values()}) == len(modes)  # each injects into other layers
+    # At scale 0 no layer receives the image, whatever the mode.
+    off = [pixels(comfy.run(graph(sketch, style, seed=5, ip_adapter_mode=m, ip_adapter_scale=0.0), "6")[0])
+           for m in ("full", "style")]
+    assert np.array_equal(off[0], off[1]) and not np.array_equal(off[0], renders["style"])
