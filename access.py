@@ -53,6 +53,7 @@ FOLDERS_KEY = "allowed_folders"
 URLS_KEY = "allowed_store_urls"
 MAX_CONFIG_BYTES = 1 << 20
 """A config file larger than this is refused rather than parsed (it is a short hand-written list)."""
+SHIPPED_SOURCE = "the shipped style library (pack updates replace it)"
 DEFAULT_PORTS = {"http": 8000, "https": 443}
 """The port a store URL without one means: Chroma's own default for http (as its client assumes), 443 for https."""
 
@@ -64,6 +65,8 @@ class AllowedRoot:
     path: Path
     writable: bool
     source: str
+    locked: bool = False
+    """Read-only whatever else is listed (the shipped library: pack updates replace it)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class AccessPolicy:
         config_path = Path(user_dir) / CONFIG_FOLDER / CONFIG_NAME
         config = load_config(config_path)
         roots = [AllowedRoot(_resolved(p), True, "ComfyUI's folders") for p in writable]
-        roots += [AllowedRoot(_resolved(p), False, "the shipped style library") for p in read_only]
+        roots += [AllowedRoot(_resolved(p), False, SHIPPED_SOURCE, locked=True) for p in read_only]
         return cls(
             roots=(*roots, *config.folders),
             store_urls=config.store_urls,
@@ -119,7 +122,7 @@ class AccessPolicy:
     @classmethod
     def for_cli(cls, read_only: Iterable[str | os.PathLike[str]] = ()) -> AccessPolicy:
         """The CLI's policy: the user's own paths and servers are all allowed; ``read_only`` folders are not written."""
-        roots = tuple(AllowedRoot(_resolved(p), False, "the shipped style library") for p in read_only)
+        roots = tuple(AllowedRoot(_resolved(p), False, SHIPPED_SOURCE, locked=True) for p in read_only)
         return cls(roots=roots, unrestricted=True)
 
     # -- paths ---------------------------------------------------------------------------------
@@ -155,10 +158,10 @@ class AccessPolicy:
 
     def can_write(self, path: Path) -> bool:
         """Whether an already resolved path may be written: its deepest allowed root is writable."""
+        if path in self.protected or any(r.locked and path.is_relative_to(r.path) for r in self.roots):
+            return False
         root = self._root_of(path)
-        if root is None:
-            return self.unrestricted
-        return root.writable and path not in self.protected
+        return self.unrestricted if root is None else root.writable
 
     def _root_of(self, path: Path) -> AllowedRoot | None:
         """The deepest allowed root holding ``path`` (a read-only folder inside a writable one wins)."""
@@ -166,18 +169,24 @@ class AccessPolicy:
         return max(holding, key=lambda r: len(r.path.parts), default=None)
 
     def _denied(self, value: str | os.PathLike[str], path: Path, input_name: str, *, write: bool) -> str:
-        verb = "write" if write else "read"
-        inside = self._root_of(path)
-        if inside is not None and write:
-            why = f"is inside {inside.path}, which is read-only ({inside.source})"
-        else:
-            allowed = ", ".join(str(r.path) for r in self.roots if r.writable or not write) or "none"
-            why = f"is outside the folders Sketch RAG may {verb} here ({allowed})"
-        entry = json.dumps({"path": str(path), "writable": True} if write else {"path": str(path)})
+        start = f"The {input_name} {str(value)!r} resolves to {path}, which"
         where = str(self.config_path) if self.config_path else f"<ComfyUI user folder>/{CONFIG_FOLDER}/{CONFIG_NAME}"
+        own = "use a folder inside ComfyUI's user, input, output or models folder"
+        locked = next((r for r in self.roots if r.locked and path.is_relative_to(r.path)), None)
+        inside = self._root_of(path)
+        if write and locked is not None:
+            return f"{start} is inside {locked.path}, {locked.source}, which is never written; {own} instead."
+        if write and inside is not None:
+            return (
+                f"{start} is inside {inside.path}, listed read-only ({inside.source}). To allow writing, set "
+                f'"writable": true on its entry, or {own}.'
+            )
+        verb = "write" if write else "read"
+        allowed = ", ".join(str(r.path) for r in self.roots if r.writable or not write) or "none"
+        entry = json.dumps({"path": str(path), "writable": True} if write else {"path": str(path)})
         return (
-            f"The {input_name} {str(value)!r} resolves to {path}, which {why}. To allow it, add {entry} to "
-            f'"{FOLDERS_KEY}" in {where}, or use a folder inside ComfyUI\'s user, input, output or models folder.'
+            f"{start} is outside the folders Sketch RAG may {verb} here ({allowed}). To allow it, add {entry} "
+            f'to "{FOLDERS_KEY}" in {where}, or {own}.'
         )
 
     # -- store servers -------------------------------------------------------------------------

@@ -180,7 +180,9 @@ class StyleLibraryLoader(io.ComfyNode):
                     location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
                 )
             embedder = _embedders[model_key]
-            key = (*(str(r.path) for r in roots), embedding_model, device, str(store_dir), chroma_url or "")
+            # The writable flag is part of the key: a folder the config made read-only is a new library.
+            roots_key = (f"{r.path}:{r.writable:d}" for r in roots)
+            key = (*roots_key, embedding_model, device, str(store_dir), chroma_url or "")
             progress = _progress_callback(ProgressBar(1))
             library = _libraries.get(key)
             if library is None or rebuild_index:

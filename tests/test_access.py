@@ -114,9 +114,11 @@ def test_relative_paths_are_read_against_the_given_base(comfy: dict[str, Path]) 
 def test_the_shipped_library_is_read_only(comfy: dict[str, Path]) -> None:
     policy = policy_for(comfy)
     assert policy.readable(comfy["shipped"], input_name="library_folder", base=comfy["user"]) == comfy["shipped"]
-    with pytest.raises(AccessDeniedError, match="read-only"):
+    with pytest.raises(AccessDeniedError, match="shipped style library .* never written"):
         policy.writable(comfy["shipped"] / "new.png", input_name="file", base=comfy["user"])
     assert not policy.can_write(comfy["shipped"])
+    write_config(comfy, {"allowed_folders": [{"path": str(comfy["shipped"] / "sub"), "writable": True}]})
+    assert not policy_for(comfy).can_write(comfy["shipped"] / "sub" / "x.png")  # no listing unlocks it
 
 
 def test_a_read_only_folder_inside_a_writable_one_stays_read_only(comfy: dict[str, Path]) -> None:
@@ -140,7 +142,7 @@ def test_folders_listed_in_the_config_are_allowed_as_listed(comfy: dict[str, Pat
     write_config(comfy, {"allowed_folders": [str(read_only), {"path": str(writable), "writable": True}]})
     policy = policy_for(comfy)  # built per run: the edit applies without a restart
     assert policy.readable(read_only / "a", input_name="library_folder", base=comfy["user"]) == read_only / "a"
-    with pytest.raises(AccessDeniedError, match="read-only"):
+    with pytest.raises(AccessDeniedError, match='listed read-only .*"writable": true on its entry'):
         policy.writable(read_only / "a", input_name="store", base=comfy["user"])
     assert policy.writable(writable / "s", input_name="store", base=comfy["user"]) == writable / "s"
     with pytest.raises(AccessDeniedError):
