@@ -28,7 +28,7 @@ from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_na
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
-from ..retrieval.locations import LibraryHome, library_roots, resolve_location
+from ..retrieval.locations import LibraryHome, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 from .common import CATEGORY, NODE_PREFIX
@@ -153,10 +153,14 @@ class StyleLibraryLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, library_folder: str = DEFAULT_LIBRARY, **_: Any) -> str:
-        # Re-run (and so re-sync, and re-run the retrievers downstream) whenever the folder changes.
+    def fingerprint_inputs(cls, library_folder: str = DEFAULT_LIBRARY, store: str = "", **_: Any) -> str:
+        # Re-run (and so re-sync, and re-run the retrievers downstream) whenever the folder changes, and
+        # whenever the config file allows or stops allowing the folder or the store (a cached library
+        # must not outlive its permission).
         try:
-            roots = library_roots(library_folder, _policy(), _home())
+            policy, home = _policy(), _home()
+            roots = library_roots(library_folder, policy, home)
+            store_location(store, policy, home)
         except SketchRagError as exc:
             return f"refused: {exc}"  # nothing is walked; execute raises the same error for the user
         return _folder_signature(roots)

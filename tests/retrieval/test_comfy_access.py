@@ -155,12 +155,17 @@ def test_folders_listed_in_the_config_file_work_without_a_restart(
     image = comfy.upload_image(example_sketches[0].read_bytes(), example_sketches[0].name)
     comfy.wait(comfy.queue_prompt(add(str(outside / "styles"), image, "Listed folder")), timeout=240)
     assert (outside / "styles" / "listed_folder.png").is_file()
+    comfy.wait(comfy.queue_prompt(graph), timeout=240)  # synced with the new style, and cached so
 
-    write_config(config, allowed_folders=[str(outside)])  # now read-only: reading works, adding is refused
-    assert comfy.wait(comfy.queue_prompt(retrieve(library_folder=str(outside / "styles"), prompt="blue")),
-                      timeout=240)["outputs"]["2"]["text"]
+    write_config(config, allowed_folders=[str(outside)])  # now read-only: reading works, writing is refused
+    refused(comfy, graph, "store", "listed read-only")  # its store is no longer writable: not served from cache
+    read_graph = retrieve(library_folder=str(outside / "styles"), prompt="blue")
+    assert comfy.wait(comfy.queue_prompt(read_graph), timeout=240)["outputs"]["2"]["text"]
     refused(comfy, add(str(outside / "styles"), image, "Refused now"), "read-only")
     assert not any(p.name.startswith("refused_now") for p in (outside / "styles").iterdir())
+
+    write_config(config)  # the entry removed: the same prompt that just worked is refused, not served from cache
+    refused(comfy, read_graph, "library_folder", "allowed_folders")
 
 
 def test_add_to_style_library_turns_bad_names_into_safe_files_inside_the_library(
