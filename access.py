@@ -54,6 +54,9 @@ URLS_KEY = "allowed_store_urls"
 MAX_CONFIG_BYTES = 1 << 20
 """A config file larger than this is refused rather than parsed (it is a short hand-written list)."""
 SHIPPED_SOURCE = "the shipped style library (pack updates replace it)"
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4000
+"""Limits of common file systems (a name; a whole path, under Linux's 4096), checked so the error is ours."""
 DEFAULT_PORTS = {"http": 8000, "https": 443}
 """The port a store URL without one means: Chroma's own default for http (as its client assumes), 443 for https."""
 
@@ -214,7 +217,7 @@ def resolve_path(value: str | os.PathLike[str], *, input_name: str, base: Path) 
     """``value`` with ``~`` expanded, joined to ``base`` if relative, and ``..`` and symlinks resolved.
 
     Raises:
-        InvalidParameterError: an empty path, a NUL character, or a path the OS cannot resolve.
+        InvalidParameterError: an empty path, a NUL character, an over-long name, or a path the OS cannot resolve.
     """
     text = os.fspath(value)
     if not text.strip():
@@ -227,9 +230,16 @@ def resolve_path(value: str | os.PathLike[str], *, input_name: str, base: Path) 
     if not path.is_absolute():
         path = Path(base) / path
     try:
-        return Path(os.path.realpath(path))
-    except (OSError, ValueError) as exc:
+        resolved = Path(os.path.realpath(path))
+        encoded = [os.fsencode(part) for part in resolved.parts]
+    except (OSError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate from JSON, say
         raise InvalidParameterError(f"The {input_name} {text!r} cannot be resolved ({exc}); check the path.") from exc
+    if any(len(part) > MAX_NAME_BYTES for part in encoded) or sum(map(len, encoded)) > MAX_PATH_BYTES:
+        raise InvalidParameterError(
+            f"The {input_name} {text[:80]!r}... is longer than file systems allow ({MAX_NAME_BYTES} bytes a name, "
+            f"{MAX_PATH_BYTES} a path); use a shorter path."
+        )
+    return resolved
 
 
 def normalise_url(value: str, *, input_name: str) -> str:

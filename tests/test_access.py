@@ -103,6 +103,12 @@ def test_a_nul_byte_or_an_empty_path_is_a_clear_error(comfy: dict[str, Path]) ->
         policy.writable("  ", input_name="store", base=comfy["user"])
 
 
+@pytest.mark.parametrize("tail", ["x" * 256, "/".join(["y" * 200] * 25), "\ud800"])
+def test_over_long_or_unencodable_paths_are_a_clear_error(comfy: dict[str, Path], tail: str) -> None:
+    with pytest.raises(InvalidParameterError, match="store"):
+        policy_for(comfy).writable(f"{comfy['output']}/{tail}", input_name="store", base=comfy["user"])
+
+
 def test_relative_paths_are_read_against_the_given_base(comfy: dict[str, Path]) -> None:
     policy = policy_for(comfy)
     base = comfy["user"] / "sketch_rag" / "libraries"

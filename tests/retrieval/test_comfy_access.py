@@ -121,6 +121,9 @@ def test_a_library_at_the_filesystem_root_is_refused_before_any_walk(comfy: Comf
     start = time.monotonic()
     refused(comfy, retrieve(library_folder="/"), "resolves to /,", "allowed_folders")
     assert time.monotonic() - start < 30, "the root was walked (fingerprint or sync) before being refused"
+    refused(comfy, retrieve(library_folder="styles\x00/etc"), "library_folder", "NUL")
+    refused(comfy, retrieve(library_folder="x" * 300), "library_folder", "longer than file systems allow")
+    refused(comfy, retrieve(store="http://user:pw@127.0.0.1:8000/api"), "store", "only scheme://host:port")
 
 
 def test_a_store_outside_and_unlisted_store_servers_are_refused(
