@@ -317,7 +317,11 @@ class AddToStyleLibrary(io.ComfyNode):
             inputs=[
                 StyleLibraryType.Input("library", tooltip="A library from the Style Library node."),
                 io.Image.Input("image", tooltip="The style image (each image of a batch is added)."),
-                io.String.Input("name", default="my style", tooltip="Display name of the new style."),
+                io.String.Input(
+                    "name", default="my style",
+                    tooltip="Display name of the new style. Its file name is made from it (letters and digits, "
+                    "'_' between words, never replacing a file); control characters are refused.",
+                ),
                 io.String.Input(
                     "tags", default="", tooltip="Comma-separated tags for filtering, e.g. 'ink, line art'."
                 ),
