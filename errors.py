@@ -47,3 +47,11 @@ class JobFileError(SketchRagError, ValueError):
 
 class PreflightError(SketchRagError):
     """A batch that cannot run on the given servers; the message lists every problem found before queueing."""
+
+
+class AccessDeniedError(SketchRagError, PermissionError):
+    """A path or server URL outside what this ComfyUI may touch; the message says how to allow it."""
+
+
+class ConfigFileError(SketchRagError, ValueError):
+    """Sketch RAG's own config file (``user/sketch_rag/config.json``) that cannot be read as documented."""

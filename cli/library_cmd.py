@@ -1,7 +1,8 @@
 """``sketch-rag library sync|add|query|list``: the style library from the command line.
 
-The same engine as the nodes. Defaults mirror them: the shipped styles plus ``~/.sketch-rag/styles``,
-the first CLIP folder under ``<models-dir>/style_clip``, the index in ``~/.sketch-rag/store``.
+The same engine as the nodes, and the same resolution rule (:mod:`..retrieval.locations`): the shipped
+styles plus ``~/.sketch-rag/styles``, the first CLIP folder under ``<models-dir>/style_clip``, the index in
+``~/.sketch-rag/store``. The CLI runs as the user, so it accepts any path the user gives it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LibraryError
+
+if TYPE_CHECKING:  # the engine is imported only when a command runs, so `--help` stays fast
+    from ..retrieval.locations import InputNames, LibraryHome, LibraryLocation
 
 HOME = Path(os.environ.get("SKETCH_RAG_HOME", Path.home() / ".sketch-rag"))
 
@@ -61,27 +65,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(run=_list)
 
 
-def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
-    from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
-    from ..retrieval.folder import LibraryRoot
-    from ..retrieval.library import default_roots, open_library
+def cli_location(folder: Path | None, store: str, model: str | None, models_dir: Path,
+                 names: InputNames | None = None) -> tuple[LibraryLocation, LibraryHome]:
+    """The library location for a CLI command: the engine's one rule, with every path the user gives allowed.
+
+    Relative paths are read against the working directory; the home is ``$SKETCH_RAG_HOME``.
+    """
+    from ..access import AccessPolicy
+    from ..retrieval.library import SHIPPED_LIBRARY
+    from ..retrieval.locations import InputNames, LibraryHome, resolve_location
     from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
-    model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
-    model = args.model
-    if model is None:
-        local = clip_folder_names([model_dir])
-        model = local[0] if local else DEFAULT_HUB_MODEL
-    embedder = ClipEmbedder.load(model, allow_download=args.allow_download, search_dirs=[model_dir])
-    if args.folder is None:
-        roots = default_roots(HOME / "styles")
-    else:
-        if not args.folder.is_dir():
-            raise LibraryError(f"The library folder {args.folder} does not exist; create it or check the path.")
-        roots = [LibraryRoot(args.folder, "")]
-    url = args.store if args.store.startswith(("http://", "https://")) else None
-    store = HOME / "store" if url else Path(args.store)
-    return open_library(roots, embedder, store, chroma_url=url, rebuild=rebuild)
+    home = LibraryHome(HOME, (models_dir / CLIP_MODELS_SUBFOLDER,), relative_base=Path.cwd())
+    flags = names or InputNames(folder="--folder", store="--store", model="--model")
+    location = resolve_location(folder, store, model, policy=AccessPolicy.for_cli(read_only=[SHIPPED_LIBRARY]),
+                                home=home, names=flags)
+    if folder is not None and not location.roots[0].path.is_dir():
+        raise LibraryError(
+            f"The library folder {folder} ({location.roots[0].path}) does not exist; create it or check the path."
+        )
+    return location, home
+
+
+def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
+    from ..retrieval.embedder import ClipEmbedder
+    from ..retrieval.library import open_library
+
+    location, home = cli_location(args.folder, args.store, args.model, args.models_dir)
+    embedder = ClipEmbedder.load(location.model, allow_download=args.allow_download, search_dirs=home.model_dirs)
+    return open_library(location.roots, embedder, location.store_dir, chroma_url=location.chroma_url,
+                        rebuild=rebuild)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -71,23 +71,21 @@ def _pick(models_dir: Path, kind: str, name: str | None) -> Path:
 
 def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
     """The library's best match for the prompt: (image path, name, score)."""
-    from ..retrieval.embedder import ClipEmbedder, clip_folder_names
-    from ..retrieval.folder import LibraryRoot
+    from ..retrieval.embedder import ClipEmbedder
     from ..retrieval.library import open_library
+    from ..retrieval.locations import InputNames
     from ..retrieval.query import StyleQuery
-    from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+    from .library_cmd import cli_location
 
     if not args.library.is_dir():
         raise InvalidParameterError(f"--library {args.library} is not a folder; give a folder of style images.")
-    model_dir = args.models_dir / CLIP_MODELS_SUBFOLDER
-    models = clip_folder_names([model_dir])
-    if not models:
-        raise ModelNotFoundError(
-            f"No CLIP model for style retrieval in {model_dir}; put a transformers CLIP folder there "
-            "(e.g. openai/clip-vit-base-patch32) or use --style IMAGE."
-        )
-    embedder = ClipEmbedder.load(models[0], search_dirs=[model_dir])
-    library, _report = open_library([LibraryRoot(args.library, "")], embedder, Path(args.store))
+    location, home = cli_location(args.library, args.store, None, args.models_dir,
+                                  InputNames(folder="--library", store="--store", model="style model"))
+    try:
+        embedder = ClipEmbedder.load(location.model, search_dirs=home.model_dirs)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{exc} (Or render with --style IMAGE, which needs no CLIP model.)") from exc
+    library, _report = open_library(location.roots, embedder, location.store_dir, chroma_url=location.chroma_url)
     try:
         matches = library.query(StyleQuery(text=args.prompt, k=1))
     finally:

@@ -22,11 +22,13 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
-from ..errors import LibraryError
+from ..access import AccessPolicy
+from ..errors import LibraryError, SketchRagError
 from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
-from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, default_roots, open_library
+from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
+from ..retrieval.locations import LibraryHome, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 from .common import CATEGORY, NODE_PREFIX
@@ -60,25 +62,30 @@ def _user_dir() -> Path:
     return Path(folder_paths.get_user_directory()) / "sketch_rag"
 
 
-def _roots(folder: str) -> list[LibraryRoot]:
-    if not folder.strip():
-        return default_roots(_user_dir() / "styles")
-    path = Path(folder.strip()).expanduser()
-    if not path.is_absolute():
-        path = _user_dir() / "libraries" / path
-    return [LibraryRoot(path, "", writable=path.resolve() != SHIPPED_LIBRARY)]
+def _home() -> LibraryHome:
+    return LibraryHome(_user_dir(), tuple(_model_dirs()))
 
 
-def _store(store: str) -> tuple[Path, str | None]:
-    """(local store folder, Chroma server URL or None) for the store input."""
-    value = store.strip()
-    if value.startswith(("http://", "https://")):
-        return _user_dir() / "store", value
-    return (Path(value).expanduser() if value else _user_dir() / "store"), None
+def _policy() -> AccessPolicy:
+    """ComfyUI's user, input, output and models folders, the shipped styles (read-only) and the config's list.
+
+    Built per execution (the config file is re-read only when it changed), so an edit to
+    ``user/sketch_rag/config.json`` applies to the next queue without a restart.
+    """
+    user = folder_paths.get_user_directory()
+    return AccessPolicy.for_comfyui(
+        writable=[user, folder_paths.get_input_directory(), folder_paths.get_output_directory(),
+                  folder_paths.models_dir],
+        read_only=[SHIPPED_LIBRARY],
+        user_dir=user,
+    )
 
 
 def _folder_signature(roots: list[LibraryRoot]) -> str:
-    """A cheap fingerprint of the library folders: every image and metadata file's path, size and mtime."""
+    """A cheap fingerprint of the library folders: every image and metadata file's path, size and mtime.
+
+    Only ever given roots the access policy allowed (a library at ``/`` is refused before any walk).
+    """
     digest = hashlib.sha256()
     for root in roots:
         if not root.path.is_dir():
@@ -117,7 +124,9 @@ class StyleLibraryLoader(io.ComfyNode):
                     "library_folder", default=DEFAULT_LIBRARY,
                     tooltip="Folder of style images (optional <name>.json sidecars or a library.json manifest). "
                     "Empty: the shipped public-domain styles plus your own folder in ComfyUI's user directory. "
-                    "A relative name is a library under user/sketch_rag/libraries.",
+                    "A relative name is a library under user/sketch_rag/libraries. Allowed: folders inside "
+                    "ComfyUI's user, input, output and models folders, and those listed under allowed_folders "
+                    "in user/sketch_rag/config.json.",
                 ),
                 io.Combo.Input(
                     "embedding_model", options=options, default=options[0],
@@ -126,8 +135,10 @@ class StyleLibraryLoader(io.ComfyNode):
                 ),
                 io.String.Input(
                     "store", default="",
-                    tooltip="Where the index lives. Empty: user/sketch_rag/store. A folder path, or the URL of a "
-                    "Chroma server (http://host:port) shared by several ComfyUI instances.",
+                    tooltip="Where the index lives. Empty: user/sketch_rag/store. A folder (a relative name is "
+                    "user/sketch_rag/stores/<name>; others must be writable folders inside ComfyUI's user, input, "
+                    "output or models folder or listed in user/sketch_rag/config.json), or the URL of a Chroma "
+                    "server (http://host:port) listed under allowed_store_urls in that file.",
                 ),
                 io.Boolean.Input(
                     "allow_download", default=False,
@@ -142,9 +153,17 @@ class StyleLibraryLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, library_folder: str = DEFAULT_LIBRARY, **_: Any) -> str:
-        # Re-run (and so re-sync, and re-run the retrievers downstream) whenever the folder changes.
-        return _folder_signature(_roots(library_folder))
+    def fingerprint_inputs(cls, library_folder: str = DEFAULT_LIBRARY, store: str = "", **_: Any) -> str:
+        # Re-run (and so re-sync, and re-run the retrievers downstream) whenever the folder changes, and
+        # whenever the config file allows or stops allowing the folder or the store (a cached library
+        # must not outlive its permission).
+        try:
+            policy, home = _policy(), _home()
+            roots = library_roots(library_folder, policy, home)
+            store_location(store, policy, home)
+        except SketchRagError as exc:
+            return f"refused: {exc}"  # nothing is walked; execute raises the same error for the user
+        return _folder_signature(roots)
 
     @classmethod
     def execute(
@@ -155,17 +174,19 @@ class StyleLibraryLoader(io.ComfyNode):
         allow_download: bool = False,
         rebuild_index: bool = False,
     ) -> io.NodeOutput:
-        roots = _roots(library_folder)
-        store_dir, chroma_url = _store(store)
+        location = resolve_location(library_folder, store, embedding_model, policy=_policy(), home=_home())
+        roots, store_dir, chroma_url = list(location.roots), location.store_dir, location.chroma_url
         device = str(model_management.get_torch_device())
         with _cache_lock:
             model_key = (embedding_model, device)
             if model_key not in _embedders:
                 _embedders[model_key] = ClipEmbedder.load(
-                    embedding_model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
+                    location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
                 )
             embedder = _embedders[model_key]
-            key = (*(str(r.path) for r in roots), embedding_model, device, str(store_dir), chroma_url or "")
+            # The writable flag is part of the key: a folder the config made read-only is a new library.
+            roots_key = (f"{r.path}:{r.writable:d}" for r in roots)
+            key = (*roots_key, embedding_model, device, str(store_dir), chroma_url or "")
             progress = _progress_callback(ProgressBar(1))
             library = _libraries.get(key)
             if library is None or rebuild_index:
@@ -296,7 +317,11 @@ class AddToStyleLibrary(io.ComfyNode):
             inputs=[
                 StyleLibraryType.Input("library", tooltip="A library from the Style Library node."),
                 io.Image.Input("image", tooltip="The style image (each image of a batch is added)."),
-                io.String.Input("name", default="my style", tooltip="Display name of the new style."),
+                io.String.Input(
+                    "name", default="my style",
+                    tooltip="Display name of the new style. Its file name is made from it (letters and digits, "
+                    "'_' between words, never replacing a file); control characters are refused.",
+                ),
                 io.String.Input(
                     "tags", default="", tooltip="Comma-separated tags for filtering, e.g. 'ink, line art'."
                 ),
@@ -316,7 +341,7 @@ class AddToStyleLibrary(io.ComfyNode):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
         arrays = image_batch_to_arrays(image, "image")
         names = [name] if len(arrays) == 1 else [f"{name} {n + 1}" for n in range(len(arrays))]
-        added = library.add_many(arrays, names, normalise_tags(tags))
+        added = library.add_many(arrays, names, normalise_tags(tags), access=_policy())
         return io.NodeOutput(library, "\n".join(m.item_id for m in added))
 
 

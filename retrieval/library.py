@@ -12,20 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
+import os
 import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from ..access import AccessPolicy
 from ..errors import InvalidImageError, LibraryError
 from ..rendering.images import write_image
 from .embedder import Embedder, ProgressCallback
 from .embedding_cache import EmbeddingCache
-from .folder import LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
+from .file_names import control_characters, style_file_stem
+from .folder import MANIFEST_NAME, LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
 from .images import EMBED_SIDE, array_to_pil, open_rgb
 from .index import ChromaIndex, Hit, collection_name, is_url
 from .query import StyleMatch, StyleQuery, blend_weights, combine, exact_top_k
@@ -140,9 +142,24 @@ class StyleLibrary:
         *,
         filename: str | None = None,
         text: dict[str, str] | None = None,
+        access: AccessPolicy | None = None,
     ) -> StyleMatch:
         """Add one style (an image array or an image file); see :meth:`add_many`."""
-        return self.add_many([image], [name], tags, filenames=[filename], text=text)[0]
+        return self.add_many([image], [name], tags, filenames=[filename], text=text, access=access)[0]
+
+    def write_root(self) -> LibraryRoot:
+        """The folder new styles go to: the last writable root.
+
+        Raises:
+            LibraryError: every folder of the library is read-only (the shipped one, say).
+        """
+        root = next((r for r in reversed(self.roots) if r.writable), None)
+        if root is None:
+            raise LibraryError(
+                f"The style library {self.name!r} has no writable folder ({', '.join(str(r.path) for r in self.roots)} "
+                "are read-only); load it with a folder of your own to add styles."
+            )
+        return root
 
     def add_many(
         self,
@@ -152,24 +169,27 @@ class StyleLibrary:
         *,
         filenames: Sequence[str | None] | None = None,
         text: dict[str, str] | None = None,
+        access: AccessPolicy | None = None,
     ) -> list[StyleMatch]:
         """Add styles to the writable folder, each with a sidecar (name, tags, ``text``), and index them.
 
         Every image is checked before anything is written, and the folder is synced once for the
         whole batch (a sync of a big library costs far more than writing a few files). Without a
         ``filename`` a style gets a free file name from its name (``my_style.png``, ``my_style_2.png``);
-        a given ``filename`` is written as is, replacing a file of that name.
+        a given ``filename`` is written as is, replacing a file of that name. A generated name never
+        replaces anything: neither the image nor its sidecar may exist yet (so a style named "library"
+        cannot overwrite the manifest). With ``access``, the folder and every file are checked against
+        that policy first (a node passes ComfyUI's, read at run time, since the library may be older).
 
         Raises:
-            LibraryError: no writable folder, a filename outside it, an empty name, or unequal lengths.
+            LibraryError: no writable folder, a filename outside it, an empty name or one with control
+                characters, or unequal lengths.
+            AccessDeniedError: ``access`` does not let the folder or a file be written.
             InvalidImageError: an image cannot be read, or could not be indexed.
         """
-        root = next((r for r in reversed(self.roots) if r.writable), None)
-        if root is None:
-            raise LibraryError(
-                f"The style library {self.name!r} has no writable folder ({', '.join(str(r.path) for r in self.roots)} "
-                "are read-only); load it with a folder of your own to add styles."
-            )
+        root = self.write_root()
+        if access is not None:
+            access.writable(root.path, input_name="folder to add styles to", base=root.path)
         wanted = list(filenames) if filenames is not None else [None] * len(images)
         if not len(images) == len(names) == len(wanted):
             raise LibraryError(
@@ -177,6 +197,12 @@ class StyleLibrary:
             )
         if any(not n.strip() for n in names):
             raise LibraryError("A new style has an empty name; give it a name such as 'watercolour sketch'.")
+        for name in names:
+            if control_characters(name):
+                raise LibraryError(
+                    f"The style name {name!r} contains control characters ({', '.join(control_characters(name))}); "
+                    "remove them (a name is one line of text)."
+                )
         tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
         suffixes = []
         for image in images:
@@ -186,17 +212,22 @@ class StyleLibrary:
             else:
                 array_to_pil(image)
                 suffixes.append(".png")
-        relpaths = [safe_relpath(root.path, f) if f else None for f in wanted]
+        relpaths = [_given_relpath(root.path, f) if f else None for f in wanted]
 
         def write() -> list[str]:
             root.path.mkdir(parents=True, exist_ok=True)
-            written: list[str] = []
-            for image, name, suffix, relpath in zip(images, names, suffixes, relpaths, strict=True):
+            planned: list[str] = []
+            taken: set[str] = set()  # names planned in this batch are as taken as those on disk
+            for name, suffix, relpath in zip(names, suffixes, relpaths, strict=True):
                 if relpath is None:
-                    stem = re.sub(r"[^a-zA-Z0-9]+", "_", name).strip("_").lower()[:80] or "style"
-                    relpath, n = f"{stem}{suffix}", 2
-                    while (root.path / relpath).exists():
-                        relpath, n = f"{stem}_{n}{suffix}", n + 1
+                    relpath = _free_relpath(root.path, style_file_stem(name), suffix, taken)
+                taken |= {relpath, _sidecar_relpath(relpath)}
+                if access is not None:  # the resolved files, before any of the batch is written
+                    for path in (relpath, _sidecar_relpath(relpath)):
+                        access.writable(root.path / path, input_name=f"file for the style {name.strip()!r}",
+                                        base=root.path)
+                planned.append(relpath)
+            for image, name, relpath in zip(images, names, planned, strict=True):
                 target = root.path / relpath
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if isinstance(image, Path):
@@ -204,12 +235,11 @@ class StyleLibrary:
                 else:
                     write_image(target, image)
                 sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
-                target.with_suffix(".json").write_text(
+                (root.path / _sidecar_relpath(relpath)).write_text(
                     json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
                 )
-                written.append(relpath)
             sync(self)
-            return written
+            return planned
 
         item_ids = [item_id_for(root, relpath) for relpath in self._write(write)]
         records = self.synced_records()
@@ -347,6 +377,37 @@ class StyleLibrary:
     def close(self) -> None:
         self.cache.close()
         self.state.close()
+
+
+def _given_relpath(root: Path, filename: str) -> str:
+    """A caller's file name for a new style, inside ``root`` and not the manifest's sidecar slot."""
+    if control_characters(filename):
+        raise LibraryError(
+            f"The file name {filename!r} contains control characters ({', '.join(control_characters(filename))}); "
+            "use a name like 'my_style.png'."
+        )
+    relpath = safe_relpath(root, filename)
+    if _sidecar_relpath(relpath) == MANIFEST_NAME:
+        raise LibraryError(
+            f"The file name {filename!r} would put its sidecar on the library manifest {MANIFEST_NAME}; "
+            "choose another name."
+        )
+    return relpath
+
+
+def _sidecar_relpath(relpath: str) -> str:
+    return PurePosixPath(relpath).with_suffix(".json").as_posix()
+
+
+def _free_relpath(folder: Path, stem: str, suffix: str, taken: set[str]) -> str:
+    """``stem + suffix`` or ``stem_2 + suffix``...: the first whose image and sidecar are both free.
+
+    ``lexists``, so a dangling symlink counts as taken: writing through it could land anywhere.
+    """
+    relpath, n = f"{stem}{suffix}", 2
+    while any(p in taken or os.path.lexists(folder / p) for p in (relpath, _sidecar_relpath(relpath))):
+        relpath, n = f"{stem}_{n}{suffix}", n + 1
+    return relpath
 
 
 def open_library(
