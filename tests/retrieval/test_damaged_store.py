@@ -300,3 +300,30 @@ def test_the_moved_aside_name_is_new_each_time(tmp_path: Path) -> None:
     assert len(set(names)) == 3 and all(p.read_bytes() == b"x" for p in names)
     assert all(p.with_name(p.name + "-wal").read_bytes() == b"w" for p in names)
     assert not (tmp_path / "state.sqlite3-wal").exists()
+
+
+@pytest.mark.comfy
+def test_style_library_node_heals_a_store_damaged_under_a_running_comfyui(comfy, comfy_base_dir: Path) -> None:
+    store = comfy_base_dir / "user" / "sketch_rag" / "damaged_store"
+
+    def run(store_input: str) -> list[str]:
+        graph = {
+            "1": {"class_type": "SketchRAGStyleLibraryLoader",
+                  "inputs": {"library_folder": "", "embedding_model": "tiny-random-clip", "store": store_input,
+                             "allow_download": False, "rebuild_index": False}},
+            "2": {"class_type": "SketchRAGClipStyleRetriever",
+                  "inputs": {"library": ["1", 0], "prompt": "a great wave, woodblock print", "k": 3, "tag_filter": "",
+                             "image_weight": 0.5, "resolution": 64, "blend_temperature": 0.01}},
+            "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+        }
+        return list(comfy.wait(comfy.queue_prompt(graph), timeout=240)["outputs"]["2"]["text"])
+
+    before = run(str(store))
+    garbage(store / "chroma" / "chroma.sqlite3")
+    after = run(f"{store}/")  # the same store (an edited input, so the loader runs again and syncs)
+    assert after == before
+    [old] = moved_aside(store, "chroma")
+    assert (old / "chroma.sqlite3").read_bytes()[:16] == bytes(range(16))  # the damaged file, kept
+    log = (comfy_base_dir / "comfyui.log").read_text(encoding="utf-8", errors="replace")
+    assert f"The style index store {store / 'chroma'} was damaged" in log and f"moved it to {old} " in log
+    assert "Traceback" not in log.split(f"The style index store {store / 'chroma'}")[-1]
