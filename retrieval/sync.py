@@ -110,6 +110,8 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
         if not lib.heal(exc):
             raise
         report = _sync(lib, rebuild=rebuild, progress=progress)
+    if lib.index.notes:
+        lib.state.bump_all()  # a new index store: the readers of every library in it must reopen it
     report.healed = lib.take_notes()
     return report
 

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from geometry import COLOURS, GeometryEmbedder
 
 from sketch_rag.cli import library_cmd
+from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.main import main
 from sketch_rag.errors import LibraryError
 from sketch_rag.retrieval import index as index_module
@@ -212,6 +214,26 @@ def test_a_locked_database_is_busy_not_damaged(synced_store: Path, monkeypatch: 
     assert damage(synced_store / "missing.sqlite3") is None
 
 
+def test_a_store_locked_while_opening_is_waited_for_not_moved(
+    colour_folder: Path, synced_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_files, "CHECK_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(synced_store / "chroma" / "chroma.sqlite3", isolation_level=None,
+                             check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, lambda: holder.execute("ROLLBACK"))
+    release.start()
+    try:
+        embedder = GeometryEmbedder()
+        library, report = open_colours(colour_folder, synced_store, embedder)
+    finally:
+        release.join()
+        holder.close()
+    assert report.healed == [] and not report.rebuilt and embedder.images_embedded == 0
+    assert list(synced_store.glob("*.damaged-*")) == []
+    assert [m.item_id for m in library.query(StyleQuery(text="red", k=1))] == ["red.png"]
+
+
 def test_damage_is_told_by_sqlite_itself(synced_store: Path) -> None:
     for how, make in DAMAGES.items():
         copy = synced_store / f"{how}.sqlite3"
@@ -303,7 +325,9 @@ def test_the_moved_aside_name_is_new_each_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.comfy
-def test_style_library_node_heals_a_store_damaged_under_a_running_comfyui(comfy, comfy_base_dir: Path) -> None:
+def test_style_library_node_heals_a_store_damaged_under_a_running_comfyui(
+    comfy: ComfyClient, comfy_base_dir: Path
+) -> None:
     store = comfy_base_dir / "user" / "sketch_rag" / "damaged_store"
 
     def run(store_input: str) -> list[str]:
