@@ -95,9 +95,11 @@ def damage(path: Path, *, deep: bool = False) -> str | None:
                 return f"SQLite's integrity check fails ({first[:160]})"
     except sqlite3.DatabaseError as exc:
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB) and "malformed database schema" not in str(exc):
             return f"SQLite says: {exc}"
-        return None  # locked, busy, I/O: in use or unreadable now, never damage
+        # Locked, busy, I/O: in use or unreadable now, never damage. A schema our SQLite cannot parse may
+        # come from a newer SQLite (Chroma bundles its own), so that is not ours to judge either.
+        return None
     finally:
         db.close()
     return None

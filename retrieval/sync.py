@@ -182,7 +182,9 @@ def _sync(lib: StyleLibrary, *, rebuild: bool, progress: ProgressCallback | None
         lib.cache.moved_aside = False
         report.rebuilt = True
     elif not verify(lib, records):
-        logger.warning("Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)
+        # After a new store was started its rebuild is expected (and already said once): no second warning.
+        logger.log(logging.INFO if lib.index.notes else logging.WARNING,
+                   "Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)
         rebuild_index(lib, records, report)
         report.rebuilt = True
     changed = report.rebuilt or to_index or state_only or removed
