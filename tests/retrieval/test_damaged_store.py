@@ -114,6 +114,7 @@ def test_damaged_sync_state_is_rebuilt_from_the_folder_without_embedding(
     how: str, colour_folder: Path, synced_store: Path, fresh_answers: dict
 ) -> None:
     DAMAGES[how](synced_store / "state.sqlite3")
+    damaged_bytes = (synced_store / "state.sqlite3").read_bytes()
     embedder = GeometryEmbedder()
     library, report = open_colours(colour_folder, synced_store, embedder)
 
@@ -121,6 +122,7 @@ def test_damaged_sync_state_is_rebuilt_from_the_folder_without_embedding(
     assert answers(library) == fresh_answers
     assert {r.item_id: r.meta.name for r in library.entries()}["orange.png"] == "Orange glow"  # re-read
     [old] = moved_aside(synced_store, "state.sqlite3")
+    assert old.read_bytes() == damaged_bytes
     [line] = report.healed
     assert line.startswith(f"The sync state {synced_store / 'state.sqlite3'} was damaged")
     assert f"moved it to {old} " in line and "rebuilt it from the library folder" in line
@@ -131,12 +133,14 @@ def test_damaged_embedding_cache_is_moved_aside_and_the_images_embedded_again(
     how: str, colour_folder: Path, synced_store: Path, fresh_answers: dict
 ) -> None:
     DAMAGES[how](synced_store / "embeddings.sqlite3")
+    damaged_bytes = (synced_store / "embeddings.sqlite3").read_bytes()
     embedder = GeometryEmbedder()
     library, report = open_colours(colour_folder, synced_store, embedder)
 
     assert embedder.images_embedded == len(COLOURS) == report.embedded
     assert answers(library) == fresh_answers
     [old] = moved_aside(synced_store, "embeddings.sqlite3")
+    assert old.read_bytes() == damaged_bytes
     [line] = report.healed
     assert "embedding cache" in line and f"moved it to {old} " in line and "embedded again" in line
     # The new cache holds every vector again: a rebuild embeds nothing.
@@ -290,6 +294,9 @@ def test_cli_sync_prints_the_one_line_and_rebuild_recovers_too(
     common = ["--folder", str(folder), "--models-dir", str(tiny_models_dir), "--store", str(store)]
     assert main(["library", "sync", *common]) == 0
     fresh = capsys.readouterr().out
+    query = ["library", "query", "a great wave", "-k", "5", "--json", *common]
+    assert main(query) == 0
+    fresh_results = json.loads(capsys.readouterr().out)["results"]
     with index_module._clients_lock:
         index_module._close_client(str(store / "chroma"))  # as the next CLI process would find it
 
@@ -309,8 +316,8 @@ def test_cli_sync_prints_the_one_line_and_rebuild_recovers_too(
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["total"] == 15 and report["embedded"] == 0 and len(report["healed"]) == 1
     assert len(moved_aside(store, "chroma")) == 2
-    assert main(["library", "query", "a great wave", "-k", "1", "--json", *common]) == 0
-    assert len(json.loads(capsys.readouterr().out)["results"]) == 1
+    assert main(query) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == fresh_results
 
 
 def test_the_moved_aside_name_is_new_each_time(tmp_path: Path) -> None:
