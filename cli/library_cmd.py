@@ -104,7 +104,8 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def _sync(args: argparse.Namespace) -> int:
     _, report = _open(args, rebuild=args.rebuild)
     data = report.to_json()
-    text = (f"{report.total} styles; added {len(report.added)}, changed {len(report.changed)}, renamed "
+    text = ("".join(f"{line}\n" for line in report.healed)
+            + f"{report.total} styles; added {len(report.added)}, changed {len(report.changed)}, renamed "
             f"{len(report.renamed)}, removed {len(report.removed)}, embedded {report.embedded}"
             + "".join(f"\nskipped {f}: {r}" for f, r in report.skipped))
     _emit(args, data, text)

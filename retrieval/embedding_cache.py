@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sqlite_files import open_database
+from .sqlite_files import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -29,14 +29,18 @@ _SQLITE_VARS = 900
 """Parameters per SELECT ... IN (...) statement, under SQLite's historical limit of 999."""
 
 
-class EmbeddingCache:
-    """float32 unit vectors in one SQLite file, keyed by (model key, content sha256)."""
+class EmbeddingCache(SqliteFile):
+    """float32 unit vectors in one SQLite file, keyed by (model key, content sha256).
+
+    A damaged file is moved aside and a new, empty cache started: its images are embedded again
+    on the next sync (the one thing a damaged cache costs).
+    """
+
+    role = "embedding cache"
+    remedy = "started an empty one (its images are embedded again)"
 
     def __init__(self, path: Path) -> None:
-        self._db = open_database(path, [_SCHEMA])
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, [_SCHEMA])
 
     def get_many(self, model_key: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """The cached vectors among ``hashes`` (missing ones are simply absent from the result)."""

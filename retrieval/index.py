@@ -8,13 +8,18 @@ Only this module talks to Chroma, so its traps are handled in one place:
 - a process that did not write must reopen its client to see another process's vectors
   (:meth:`ChromaIndex.refresh`); the caller serialises writers with a file lock;
 - :meth:`ChromaIndex.self_test` finds the silent failures (lost HNSW folder, lost vectors) that
-  Chroma itself reports as success, so the caller can rebuild from its own embeddings.
+  Chroma itself reports as success, so the caller can rebuild from its own embeddings;
+- a damaged store (``chroma.sqlite3`` truncated, emptied or overwritten; HNSW files that cannot be
+  read) is moved aside to ``chroma.damaged-<UTC time>`` and a new one started, under the store's
+  open lock, so the caller can rebuild it from the folder and its own embeddings. A store that is
+  merely locked or busy is never moved (see :mod:`.sqlite_files` for what counts as damage).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,9 +29,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-from filelock import FileLock
 
 from ..errors import LibraryError, LibraryModelMismatchError
+from .sqlite_files import damage, move_aside, open_lock
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +51,16 @@ BATCH = 5000
 SELF_TEST_TOLERANCE = 1e-3
 """A stored vector must come back at cosine distance below this (exact duplicates tie at 0)."""
 
+CHROMA_DB = "chroma.sqlite3"
+HNSW_DAMAGE_SIGNS = ("hnsw segment reader", "error loading hnsw", "error deserializing")
+"""Words of Chroma's errors for HNSW files it cannot read (a damaged store, if a fresh client fails the same way)."""
+
 _clients: dict[str, Any] = {}
 _epochs: dict[str, int] = {}
 """Bumped when a location's client is reopened, so every index on it re-gets its collection."""
-_clients_lock = threading.Lock()
+_identities: dict[str, tuple[int, int]] = {}
+"""The store folder each client opened, so a store another process already replaced is not judged by its errors."""
+_clients_lock = threading.RLock()
 
 
 def is_url(location: str | Path) -> bool:
@@ -62,17 +73,20 @@ def collection_name(*parts: str) -> str:
     return raw[:200].strip("-._").lower() or "styles-default"
 
 
-def _client(location: str | Path, fresh: bool = False) -> Any:
-    """One Chroma client per location, shared by every index in the process; ``fresh`` reopens it."""
+def _client(location: str | Path, fresh: bool = False, notes: list[str] | None = None) -> Any:
+    """One Chroma client per location, shared by every index in the process; ``fresh`` reopens it.
+
+    A local store found damaged before Chroma opens it is moved aside (its one-line report
+    appended to ``notes`` and logged) and a new one created in its place.
+    """
     import chromadb
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
     key = str(location)
     with _clients_lock:
-        if fresh and key in _clients and not is_url(location):
-            _clients.pop(key).close()
-            _epochs[key] = _epochs.get(key, 0) + 1
+        if fresh:
+            _close_client(key)
         if key not in _clients:
             if is_url(location):
                 url = urlparse(str(location))
@@ -84,12 +98,50 @@ def _client(location: str | Path, fresh: bool = False) -> Any:
                 )
             else:
                 path = Path(location)
+                if path.exists() and not path.is_dir():
+                    raise LibraryError(
+                        f"The style index folder {path} is a file, not a folder; move that file elsewhere, or "
+                        "choose another store folder."
+                    )
                 path.mkdir(parents=True, exist_ok=True)
                 # Two processes creating a client on one new store race on its SQLite migrations and one
                 # fails with "database is locked" (leaving a broken system in Chroma's cache): take turns.
-                with FileLock(str(path.parent / f".{path.name}.open.lock")):
+                with open_lock(path):
+                    reason = damage(path / CHROMA_DB)
+                    if reason is not None:
+                        _move_store_aside(path, f"{CHROMA_DB}: {reason}", notes)
+                        path.mkdir()
                     _clients[key] = chromadb.PersistentClient(path=str(path), settings=settings)
+                    _identities[key] = _identity(path)
         return _clients[key]
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """True for errors that may come from a damaged store or SQLite file (Chroma's own, SQLite's), worth a check."""
+    from chromadb.errors import ChromaError
+
+    return isinstance(exc, ChromaError | sqlite3.DatabaseError)
+
+
+def _close_client(key: str) -> None:
+    """Let go of a local store's files (the caller holds ``_clients_lock``); every index on it reopens."""
+    if key in _clients and not is_url(key):
+        _clients.pop(key).close()
+        _epochs[key] = _epochs.get(key, 0) + 1
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _move_store_aside(path: Path, reason: str, notes: list[str] | None) -> None:
+    moved = move_aside(path)
+    note = (f"The style index store {path} was damaged ({reason}); moved it to {moved} and rebuilt the index "
+            "from the library folder and the embedding cache.")
+    logger.warning(note)
+    if notes is not None:
+        notes.append(note)
 
 
 @dataclass(frozen=True)
@@ -109,38 +161,36 @@ class ChromaIndex:
         self.dim = dim
         self._collection: Any = None
         self._epoch = -1
+        self.notes: list[str] = []
+        """One line per damaged store this index moved aside (for the sync report)."""
 
     def open(self, *, replace_other_model: bool = False) -> ChromaIndex:
         """Get or create the collection and check it was built with this model.
 
+        A local store that turns out damaged here is moved aside and a new one opened (see
+        :meth:`heal`); :attr:`notes` then holds the one-line report.
+
         Raises:
             LibraryModelMismatchError: the collection holds another model's embeddings (unless ``replace_other_model``).
-            LibraryError: the Chroma server cannot be reached.
+            LibraryError: the Chroma server cannot be reached, or a local store cannot be opened and is not damaged
+                (locked by another process, no permission).
         """
         try:
-            client = self._get_client()
-            collection = client.get_or_create_collection(
-                name=self.name,
-                embedding_function=None,
-                configuration={
-                    "hnsw": {
-                        "space": "cosine",
-                        "ef_search": EF_SEARCH,
-                        "ef_construction": EF_CONSTRUCTION,
-                        "max_neighbors": MAX_NEIGHBORS,
-                        "batch_size": HNSW_BATCH_SIZE,
-                        "sync_threshold": HNSW_SYNC_THRESHOLD,
-                    }
-                },
-                metadata={"model_key": self.model_key, "dim": self.dim},
-            )
+            collection = self._get_or_create()
+        except LibraryError:
+            raise
         except Exception as exc:
             if is_url(self.location):
                 raise LibraryError(
                     f"Cannot reach the Chroma server at {self.location} ({type(exc).__name__}: {exc}); start it "
                     "with `chroma run --path DIR --host HOST --port PORT` or clear the server URL."
                 ) from exc
-            raise
+            if not self.heal(exc):
+                raise self._open_error(exc) from exc
+            try:
+                collection = self._get_or_create()
+            except Exception as again:  # noqa: BLE001 - reported with its cause, as above
+                raise self._open_error(again) from again
         meta = collection.metadata or {}
         if ((collection.configuration_json or {}).get("hnsw") or {}).get("ef_search", EF_SEARCH) != EF_SEARCH:
             # An index made by an older version keeps its search breadth until told; Chroma applies the
@@ -157,14 +207,81 @@ class ChromaIndex:
                     "indexed with, or rebuild the index for this model (loader: rebuild_index, CLI: "
                     "`library sync --rebuild`)."
                 )
-            client.delete_collection(self.name)
+            self._get_client().delete_collection(self.name)
             return self.open()
         self._collection = collection
         self._epoch = _epochs.get(str(self.location), 0)
         return self
 
+    def _get_or_create(self) -> Any:
+        return self._get_client().get_or_create_collection(
+            name=self.name,
+            embedding_function=None,
+            configuration={
+                "hnsw": {
+                    "space": "cosine",
+                    "ef_search": EF_SEARCH,
+                    "ef_construction": EF_CONSTRUCTION,
+                    "max_neighbors": MAX_NEIGHBORS,
+                    "batch_size": HNSW_BATCH_SIZE,
+                    "sync_threshold": HNSW_SYNC_THRESHOLD,
+                }
+            },
+            metadata={"model_key": self.model_key, "dim": self.dim},
+        )
+
+    def _open_error(self, exc: BaseException) -> LibraryError:
+        return LibraryError(
+            f"Cannot open the style index store {self.location} ({type(exc).__name__}: {exc}). It shows no damage, "
+            "so it is left as it is: if another ComfyUI or CLI process is using it, wait for it or stop it; "
+            "otherwise check the folder's permissions and free disk space."
+        )
+
     def _get_client(self, fresh: bool = False) -> Any:
-        return _client(self.location, fresh=fresh)
+        return _client(self.location, fresh=fresh, notes=self.notes)
+
+    def heal(self, error: BaseException | None = None) -> bool:
+        """After ``error`` from this store: if it is damaged, move it aside and start a new one. True if reopened.
+
+        Judged afresh under the store's open lock with every page checked, so a store that is
+        locked, busy or in use by another process is left alone; one another process has already
+        replaced is simply reopened. HNSW files count as damaged only when a fresh client fails
+        on them the same way (a one-off read of a file being rewritten does not).
+        """
+        if is_url(self.location):
+            return False
+        path, key = Path(self.location), str(self.location)
+        with _clients_lock:
+            opened = _identities.get(key)
+            _close_client(key)
+            self._collection = None
+            if not path.is_dir():
+                return False
+            with open_lock(path):
+                if opened is not None and _identity(path) != opened:
+                    return True  # another process moved the damaged store aside: use its new one
+                reason = damage(path / CHROMA_DB, deep=True)
+                if reason is not None:
+                    reason = f"{CHROMA_DB}: {reason}"
+                elif error is not None and any(sign in str(error).lower() for sign in HNSW_DAMAGE_SIGNS):
+                    reason = self._probe()
+                if reason is None:
+                    return False
+                _close_client(key)
+                _move_store_aside(path, reason, self.notes)
+                return True
+
+    def _probe(self) -> str | None:
+        """Why a fresh client cannot read this collection (count and one query), or None if it can."""
+        try:
+            client = _client(self.location, fresh=True, notes=self.notes)
+            collection = client.get_collection(self.name, embedding_function=None)
+            if collection.count():
+                collection.query(query_embeddings=np.ones((1, self.dim), dtype=np.float32), n_results=1)
+        except Exception as exc:  # noqa: BLE001 - any failure of a fresh client is the verdict, reported in full
+            if any(sign in str(exc).lower() for sign in HNSW_DAMAGE_SIGNS):
+                return f"its HNSW files for {self.name} cannot be read: {exc}"
+        return None
 
     @property
     def collection(self) -> Any:

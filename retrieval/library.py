@@ -4,7 +4,9 @@ This is the engine's public face (the nodes and the CLI use only this and :mod:`
 ``open_library`` → :class:`StyleLibrary` with ``sync``, ``add``, ``query`` and ``entries``.
 Writes (sync, add, rebuild) take a per-library file lock, because two processes writing one
 Chroma store silently lose vectors; readers notice other processes' writes through the
-generation counter and reopen the store.
+generation counter and reopen the store. A damaged store or SQLite file is moved aside and
+rebuilt from the folders and the embedding cache (:meth:`StyleLibrary.heal`); each such event
+is one warning line, also carried by the next :class:`SyncReport` (``healed``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +32,7 @@ from .embedding_cache import EmbeddingCache
 from .file_names import control_characters, style_file_stem
 from .folder import MANIFEST_NAME, LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
 from .images import EMBED_SIDE, array_to_pil, open_rgb
-from .index import ChromaIndex, Hit, collection_name, is_url
+from .index import ChromaIndex, Hit, collection_name, is_store_error, is_url
 from .query import StyleMatch, StyleQuery, blend_weights, combine, exact_top_k
 from .state import FileRecord, SyncState
 from .sync import SyncReport, rebuild_index, sync, verify
@@ -66,6 +69,11 @@ class StyleLibrary:
         self.roots = list(roots)
         self.embedder = embedder
         self.store_dir = Path(store_dir)
+        if self.store_dir.exists() and not self.store_dir.is_dir():
+            raise LibraryError(
+                f"The style library store {self.store_dir} is a file, not a folder; give a folder for the index "
+                "(it is created if missing), or move that file elsewhere."
+            )
         self.name = name or self.roots[-1].path.name or "styles"
         identity = "|".join(str(r.path.resolve()) for r in self.roots)
         key = hashlib.sha256(identity.encode()).hexdigest()[:10]
@@ -77,7 +85,8 @@ class StyleLibrary:
         self.cache = EmbeddingCache(self.store_dir / "embeddings.sqlite3")
         self.state = SyncState(self.store_dir / "state.sqlite3", self.collection)
         self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
-        self._seen_generation = -1
+        self._seen_generation: tuple[int, int] | None = None
+        """(state file epoch, generation) last read: a new state file at the same generation is still new."""
         self._records: dict[str, FileRecord] = {}
         self._good: dict[str, FileRecord] = {}
         """The indexed records (those without an error), rebuilt only when the records change."""
@@ -99,7 +108,7 @@ class StyleLibrary:
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             with self._locked().acquire(timeout=LOCK_TIMEOUT_S):
-                if self.state.generation() != self._seen_generation:
+                if self._state_version() != self._seen_generation:
                     self.index.refresh()  # another process wrote: write on top of its vectors, not a stale copy
                 result = fn(*args, **kwargs)
                 self._after_write()
@@ -115,11 +124,48 @@ class StyleLibrary:
 
     def synced_records(self) -> dict[str, FileRecord]:
         """Every file as last synced by id (read again only when a write bumped the generation)."""
-        generation = self.state.generation()
-        if generation != self._seen_generation:
-            self._seen_generation = generation
+        version = self._state_version()
+        if version != self._seen_generation:
+            self._seen_generation = version
             self._set_records(self.state.records())
         return self._records
+
+    def _state_version(self) -> tuple[int, int]:
+        """(state file epoch, generation); a damaged state file found here is moved aside and started afresh."""
+        try:
+            generation = self.state.generation()
+        except sqlite3.DatabaseError as exc:
+            if not self.heal(exc):
+                raise
+            generation = self.state.generation()
+        return self.state.epoch, generation
+
+    def heal(self, error: BaseException | None = None) -> bool:
+        """After ``error``: move whatever is damaged (index store, sync state, embedding cache) aside. True if any was.
+
+        Each file is judged afresh with every page checked (see :mod:`.sqlite_files`), so an error
+        from a locked or busy file heals nothing and the caller re-raises it. A new index store
+        bumps every library's generation in it, so their readers in other processes reopen it.
+        """
+        if error is not None and not is_store_error(error):
+            return False  # an interrupt, a bug, an unreadable image: no file to judge
+        healed = False
+        for db in (self.state, self.cache):
+            healed = db.heal() or healed
+        if self.index.heal(error):
+            healed = True
+            self.state.bump_all()
+        if healed:
+            self._seen_generation = None
+            self._set_records({})
+        return healed
+
+    def take_notes(self) -> list[str]:
+        """The one-line reports of what was healed since the last call (each also logged as a warning)."""
+        notes = [*self.index.notes, *self.state.notes, *self.cache.notes]
+        for held in (self.index.notes, self.state.notes, self.cache.notes):
+            held.clear()
+        return notes
 
     def _set_records(self, records: dict[str, FileRecord]) -> None:
         self._records = records
@@ -253,8 +299,8 @@ class StyleLibrary:
 
     def refresh_if_changed(self) -> None:
         """Reload state and reopen the store if another process wrote since we last looked."""
-        if self.state.generation() != self._seen_generation:
-            if self._seen_generation != -1:
+        if self._state_version() != self._seen_generation:
+            if self._seen_generation is not None:
                 self.index.refresh()
             self.synced_records()
 
@@ -297,7 +343,12 @@ class StyleLibrary:
         if tags:
             matrix, ids = self._tagged(frozenset(normalise_tags(list(tags))))
             return exact_top_k(matrix, ids, vector, k)
-        hits = self.index.query(vector, k)
+        try:
+            hits = self.index.query(vector, k)
+        except Exception as exc:
+            if not is_store_error(exc) or not self._write(self._heal_and_sync, exc):
+                raise
+            hits = self.index.query(vector, k)
         if len(hits) < min(k, len(self._good)) or any(h.item_id not in self._good for h in hits):
             self._repair()
             hits = self.index.query(vector, k)
@@ -319,6 +370,12 @@ class StyleLibrary:
         if query.image is not None and text_weight < 1:
             image_vec = self.embedder.embed_images([array_to_pil(query.image)])[0]
         return combine(text_vec, image_vec, text_weight)
+
+    def _heal_and_sync(self, error: BaseException) -> bool:
+        if not self.heal(error):
+            return False
+        sync(self)
+        return True
 
     def _repair(self) -> None:
         def repair() -> None:

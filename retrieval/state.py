@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .folder import StyleMeta
-from .sqlite_files import open_database
+from .sqlite_files import SqliteFile
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS files (
@@ -49,15 +49,19 @@ class FileRecord:
     error: str | None = None
 
 
-class SyncState:
-    """The ``files`` and ``generations`` tables of one SQLite file, scoped to one collection."""
+class SyncState(SqliteFile):
+    """The ``files`` and ``generations`` tables of one SQLite file, scoped to one collection.
+
+    Everything here is derived from the folders, so a damaged file is moved aside and the next
+    sync fills a new one (content hashes find the cached embeddings: nothing is embedded again).
+    """
+
+    role = "sync state"
+    remedy = "rebuilt it from the library folder"
 
     def __init__(self, path: Path, collection: str) -> None:
         self.collection = collection
-        self._db = open_database(path, _SCHEMA)
-
-    def close(self) -> None:
-        self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def records(self) -> dict[str, FileRecord]:
         rows = self._db.execute(
@@ -101,6 +105,12 @@ class SyncState:
         )
         return self.generation()
 
+    def bump_all(self) -> None:
+        """Bump every collection's generation: their index was replaced, so every reader must reopen it."""
+        with self._db:
+            self._db.execute("UPDATE generations SET generation = generation + 1")
+
     def generation(self) -> int:
+        self.reopen_if_replaced()
         row = self._db.execute("SELECT generation FROM generations WHERE collection = ?", (self.collection,)).fetchone()
         return int(row[0]) if row else 0

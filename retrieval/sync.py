@@ -4,6 +4,8 @@ Runs under the library's writer lock. Files are matched to the last sync by ``st
 sha256 only when size or mtime moved, so an unchanged library costs one ``scandir`` and no CLIP
 call. Embeddings come from the cache whenever the content is known (renames, re-adds, rebuilds).
 Unreadable images are skipped and reported, never fatal, and are not retried until they change.
+A sync that fails on a damaged store or SQLite file heals it (moves it aside) and runs once more,
+so the index is rebuilt from the folders and the cached embeddings; ``SyncReport.healed`` says so.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class SyncReport:
     embedded: int = 0
     rebuilt: bool = False
     generation: int = 0
+    healed: list[str] = field(default_factory=list)
+    """One line per damaged file or store moved aside, saying where it went (also logged as a warning)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +62,7 @@ class SyncReport:
             "embedded": self.embedded,
             "rebuilt": self.rebuilt,
             "generation": self.generation,
+            "healed": self.healed,
         }
 
 
@@ -94,7 +99,24 @@ def index_metadata(record: FileRecord) -> dict[str, Any]:
 
 
 def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
-    """Sync ``lib``'s index with its folders (caller holds the writer lock); see the module docstring."""
+    """Sync ``lib``'s index with its folders (caller holds the writer lock); see the module docstring.
+
+    An error that :meth:`StyleLibrary.heal` traces to a damaged file is healed and the sync run
+    once more; any other error is raised as it came.
+    """
+    try:
+        report = _sync(lib, rebuild=rebuild, progress=progress)
+    except Exception as exc:
+        if not lib.heal(exc):
+            raise
+        report = _sync(lib, rebuild=rebuild, progress=progress)
+    if lib.index.notes:
+        lib.state.bump_all()  # a new index store: the readers of every library in it must reopen it
+    report.healed = lib.take_notes()
+    return report
+
+
+def _sync(lib: StyleLibrary, *, rebuild: bool, progress: ProgressCallback | None) -> SyncReport:
     report = SyncReport()
     stored = lib.synced_records()
     old = {} if rebuild else stored
@@ -154,9 +176,16 @@ def sync(lib: StyleLibrary, *, rebuild: bool = False, progress: ProgressCallback
 
     records = lib.state.records() if to_index or state_only or removed or rebuild else stored
     report.total = sum(1 for r in records.values() if r.error is None)
-    if not verify(lib, records):
-        logger.warning("Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)
-        rebuild_index(lib, records)
+    if lib.cache.moved_aside:
+        # A new, empty cache: embed the library again, so the cache holds every indexed vector (rebuilds need it).
+        rebuild_index(lib, records, report)
+        lib.cache.moved_aside = False
+        report.rebuilt = True
+    elif not verify(lib, records):
+        # After a new store was started its rebuild is expected (and already said once): no second warning.
+        logger.log(logging.INFO if lib.index.notes else logging.WARNING,
+                   "Style index %s does not match its library; rebuilding it from cached embeddings.", lib.name)
+        rebuild_index(lib, records, report)
         report.rebuilt = True
     changed = report.rebuilt or to_index or state_only or removed
     report.generation = lib.state.bump() if changed else lib.state.generation()
@@ -202,13 +231,14 @@ def verify(lib: StyleLibrary, records: dict[str, FileRecord]) -> bool:
     return lib.index.self_test({i: cached[records[i].sha256] for i in sample if records[i].sha256 in cached})
 
 
-def rebuild_index(lib: StyleLibrary, records: dict[str, FileRecord]) -> None:
-    """Recreate the index from cached embeddings (embedding again only what the cache lost)."""
+def rebuild_index(lib: StyleLibrary, records: dict[str, FileRecord], report: SyncReport | None = None) -> None:
+    """Recreate the index from cached embeddings (embedding again only what the cache lost, counted in ``report``)."""
     lib.index.reset()
     good = [r for r in records.values() if r.error is None]
+    report = report if report is not None else SyncReport()
     for start in range(0, len(good), CHUNK * 16):
         chunk = good[start : start + CHUNK * 16]
-        vectors = _vectors_for(lib, chunk, SyncReport())
+        vectors = _vectors_for(lib, chunk, report)
         ok = [r for r in chunk if r.sha256 in vectors]
         if ok:
             lib.index.put([r.item_id for r in ok], np.stack([vectors[r.sha256] for r in ok]),
