@@ -88,7 +88,7 @@ def test_canny_traces_each_stroke_twice_lines_once(example_sketches: list[Path])
     """Against an independent skeleton (scikit-image's medial axis: distance transform, not thinning)."""
     for path in example_sketches:
         gray = gray_u8(path)
-        reference = int(medial_axis(ink_of(gray)).sum())
+        reference = int(medial_axis(ink_of(gray), rng=0).sum())
         canny = int((sketch_to_edges(gray)[..., 0] > 0).sum())
         lines = int(lines_of(gray).sum())
         assert canny / reference > 1.8, path.name
