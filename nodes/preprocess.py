@@ -71,15 +71,16 @@ class CannySketchPreprocessor(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, low_threshold: object, high_threshold: object) -> bool | str:
-        # ComfyUI skips its own type and min/max checks for inputs named here: check all of it.
+    def validate_inputs(cls, low_threshold: object, high_threshold: object, mode: object = "canny") -> bool | str:
+        # ComfyUI skips its own type and min/max checks for inputs named here, and does not hold an optional
+        # combo to its options: check all of it, so a bad value is an HTTP 400 before the run, not a failed job.
         whole: dict[str, int] = {}
         for name, value in {"low_threshold": low_threshold, "high_threshold": high_threshold}.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
                 return f"{name} must be a whole number from 0 to 255, got {value!r}."
             whole[name] = int(value)
         try:
-            CannySettings(**whole).validate()
+            CannySettings(**whole, mode=str(mode)).validate()
         except InvalidParameterError as exc:
             return str(exc)
         return True
