@@ -29,7 +29,7 @@ def gray_u8(path: Path) -> np.ndarray:
 
 
 def lines_of(image: np.ndarray, **settings: object) -> np.ndarray:
-    out = sketch_to_edges(image, CannySettings(mode="lines", **settings))  # type: ignore[arg-type]
+    out = sketch_to_edges(image, CannySettings(mode="lines", **settings))
     return out[..., 0] > 0
 
 
@@ -253,5 +253,6 @@ def test_the_canny_command_writes_the_engines_lines(tmp_path: Path, example_sket
     out = tmp_path / "lines.png"
     assert main(["canny", str(sketch), "--out", str(out), "--mode", "lines", "--resolution", "768"]) == 0
     written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert written is not None
     expected = sketch_to_edges(read_image(sketch), CannySettings(mode="lines", resolution=768))
     assert np.array_equal(written, expected[..., 0] if written.ndim == 2 else expected)

@@ -358,7 +358,7 @@ def wrong_controlnets(models_dir: Path, originals: dict[str, Any], tmp_path_fact
     ldm = controlnet_checkpoint(originals["controlnet"], prefix="")
     diffusers_keys = dict(originals["controlnet"].state_dict())
     torch.manual_seed(0)
-    sd2 = ControlNetModel(  # SD2.x's layout at tiny width: linear projections, OpenCLIP-H's 1024-wide text
+    sd2: Any = ControlNetModel(  # SD2.x's layout at tiny width: linear projections, OpenCLIP-H's 1024-wide text
         block_out_channels=TINY_UNET_CHANNELS, cross_attention_dim=1024, use_linear_projection=True,
         attention_head_dim=8, norm_num_groups=32,
     )
