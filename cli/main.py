@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SketchRagError
+from ..rendering.canny import MODES
 from .batch_cmd import register as register_batch
 from .demo_cmd import register as register_demo
 from .library_cmd import register as register_library
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("target", type=Path, help="folder that will hold ComfyUI/")
     install.set_defaults(run=_install_comfyui)
 
-    canny = commands.add_parser("canny", help="write the Canny edge map of a sketch")
+    canny = commands.add_parser("canny", help="write the control image of a sketch: Canny edges or centre lines")
     canny.add_argument("sketch", type=Path)
     canny.add_argument("--out", type=Path, required=True, help="output PNG")
     canny.add_argument("--low-threshold", type=int, default=None)
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     canny.add_argument("--resolution", type=int, default=0, help="short side in pixels; 0 keeps the size")
     canny.add_argument("--blur", type=float, default=0.0)
     canny.add_argument("--thicken", type=int, default=0)
+    canny.add_argument("--mode", choices=MODES, default="canny",
+                       help="canny: both sides of every stroke; lines: each stroke's 1-pixel centre line "
+                       "(default: %(default)s)")
     canny.set_defaults(run=_canny)
 
     tiny = commands.add_parser(
@@ -124,6 +128,7 @@ def _canny(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         blur=args.blur,
         thicken=args.thicken,
+        mode=args.mode,
     )
     edges = sketch_to_edges(read_image(args.sketch), settings)
     write_image(args.out, edges)

@@ -1,4 +1,4 @@
-"""Canny Sketch Preprocessor node: a sketch batch → ControlNet-canny edge maps."""
+"""Canny Sketch Preprocessor node: a sketch batch → ControlNet control images (Canny edges or centre lines)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..rendering.canny import (
     MAX_BLUR,
     MAX_RESOLUTION,
     MAX_THICKEN,
+    MODES,
     SIZE_MULTIPLE,
     CannySettings,
     sketch_to_edges,
@@ -29,8 +30,8 @@ class CannySketchPreprocessor(io.ComfyNode):
             display_name="Canny Sketch Preprocessor",
             category=CATEGORY,
             description=(
-                "Turns a line sketch into a Canny edge map (white edges on black) that locks the "
-                "drawing's geometry through a canny ControlNet."
+                "Turns a line sketch into a control image (white lines on black) that locks the drawing's "
+                "geometry through a ControlNet: Canny edges, or the strokes' own centre lines."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The sketch: dark-on-light or light-on-dark, any size."),
@@ -59,20 +60,27 @@ class CannySketchPreprocessor(io.ComfyNode):
                     "thicken", default=0, min=0, max=MAX_THICKEN, step=1,
                     tooltip="Grow strokes by this many pixels first; joins broken, faint pencil lines.",
                 ),
+                io.Combo.Input(
+                    "mode", options=list(MODES), default="canny", optional=True,
+                    tooltip="canny: Canny edges, which trace both sides of every stroke (each drawn line becomes "
+                    "two). lines: each stroke thinned to one 1-pixel line down its middle; suits canny, "
+                    "lineart and scribble ControlNets. The thresholds apply to canny only.",
+                ),
             ],
-            outputs=[io.Image.Output(display_name="edges", tooltip="White edges on black, 3 channels.")],
+            outputs=[io.Image.Output(display_name="edges", tooltip="White edges (or lines) on black, 3 channels.")],
         )
 
     @classmethod
-    def validate_inputs(cls, low_threshold: object, high_threshold: object) -> bool | str:
-        # ComfyUI skips its own type and min/max checks for inputs named here: check all of it.
+    def validate_inputs(cls, low_threshold: object, high_threshold: object, mode: object = "canny") -> bool | str:
+        # ComfyUI skips its own type and min/max checks for inputs named here, and does not hold an optional
+        # combo to its options: check all of it, so a bad value is an HTTP 400 before the run, not a failed job.
         whole: dict[str, int] = {}
         for name, value in {"low_threshold": low_threshold, "high_threshold": high_threshold}.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
                 return f"{name} must be a whole number from 0 to 255, got {value!r}."
             whole[name] = int(value)
         try:
-            CannySettings(**whole).validate()
+            CannySettings(**whole, mode=str(mode)).validate()
         except InvalidParameterError as exc:
             return str(exc)
         return True
@@ -87,6 +95,7 @@ class CannySketchPreprocessor(io.ComfyNode):
         resolution: int = 0,
         blur: float = 0.0,
         thicken: int = 0,
+        mode: str = "canny",
     ) -> io.NodeOutput:
         settings = CannySettings(
             low_threshold=low_threshold,
@@ -95,6 +104,7 @@ class CannySketchPreprocessor(io.ComfyNode):
             resolution=resolution,
             blur=blur,
             thicken=thicken,
+            mode=mode,
         )
         sketches = image_batch_to_arrays(image, "image")
         progress = ProgressBar(len(sketches))

@@ -217,49 +217,122 @@ def sd15_widths(shapes: Shapes, path: Path) -> Sd15Widths:
     )
 
 
+CONTROLNET_HINT_CHANNELS = 3
+"""The sampler conditions on RGB control images (canny, lineart, scribble, softedge, tile ... all take 3)."""
+
+SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H/14; SD1.5 has CLIP ViT-L/14's 768, SDXL 2048
+DIFFUSERS_CONTROLNET_KEY = "controlnet_cond_embedding.conv_in.weight"
+
+
 def controlnet_prefix(shapes: Shapes) -> str:
-    """The key prefix of a ControlNet file: ``control_model.`` (lllyasviel ``.pth``) or none (ComfyUI repacks)."""
+    """The key prefix of an original-layout ControlNet: ``control_model.`` (lllyasviel ``.pth``) or none.
+
+    ``"?"`` when the file is not a ControlNet in the original layout (diffusers layout, or not a ControlNet).
+    """
     for prefix in ("control_model.", ""):
         if f"{prefix}input_hint_block.0.weight" in shapes:
             return prefix
     return "?"
 
 
+def is_diffusers_controlnet(shapes: Shapes) -> bool:
+    """Whether a single file holds a ControlNet in diffusers' key layout (``diffusion_pytorch_model.safetensors``)."""
+    return DIFFUSERS_CONTROLNET_KEY in shapes
+
+
+_SD2_OR_SDXL_FIX = (
+    "Pick an SD1.5 ControlNet (e.g. control_v11p_sd15_canny.pth, control_v11p_sd15_lineart.pth) in models/controlnet."
+)
+
+
 def controlnet_widths(shapes: Shapes, path: Path, cross_attention_dim: int | None = None) -> tuple[int, ...]:
-    """Check that a file is an SD1.5 ControlNet in the original layout and return its block widths.
+    """Check that a file is an SD1.5 ControlNet and return its block widths.
+
+    Any SD1.5 ControlNet qualifies, whatever it was trained on (canny, lineart, scribble, softedge, tile,
+    depth ...) and whatever its file is called: they all share SD1.5's encoder topology and differ only in
+    their weights. Both key layouts users keep are recognised: the original one (lllyasviel's ``.pth``, with
+    or without ``control_model.``, and ComfyUI's fp16 ``.safetensors`` repacks) and diffusers' own
+    (``diffusion_pytorch_model.safetensors`` saved under another name).
 
     Raises:
-        ModelMismatchError: not a ControlNet, an SDXL ControlNet, a diffusers-layout file, or one for another
-            checkpoint width.
+        ModelMismatchError: not a ControlNet, an SDXL or SD2.x ControlNet, one whose hint is not an RGB image,
+            or one for another checkpoint width.
     """
+    if is_diffusers_controlnet(shapes):
+        return _diffusers_controlnet_widths(shapes, path, cross_attention_dim)
     prefix = controlnet_prefix(shapes)
     if prefix == "?":
-        hint = (
-            " It looks like a diffusers-format ControlNet; point the loader at its folder (with config.json) instead."
-            if "controlnet_cond_embedding.conv_in.weight" in shapes
-            else ""
-        )
         raise ModelMismatchError(
-            f"{path.name} is not a ControlNet single file (no input_hint_block weights).{hint} "
-            "Pick an SD1.5 ControlNet "
-            "such as control_v11p_sd15_canny.pth in models/controlnet."
+            f"{path.name} is not a ControlNet (no input_hint_block or controlnet_cond_embedding weights; a "
+            "T2I-Adapter, LoRA or checkpoint is not one). Pick an SD1.5 ControlNet such as "
+            "control_v11p_sd15_canny.pth in models/controlnet."
         )
     if (
         f"{prefix}label_emb.0.0.weight" in shapes
         or f"{prefix}input_blocks.7.1.transformer_blocks.1.attn1.to_q.weight" in shapes
     ):
-        raise ModelMismatchError(
-            f"{path.name} is an SDXL ControlNet; the checkpoint is SD1.5. Pick an SD1.5 ControlNet "
-            "(e.g. control_v11p_sd15_canny.pth) in models/controlnet."
-        )
+        raise ModelMismatchError(f"{path.name} is an SDXL ControlNet; the checkpoint is SD1.5. {_SD2_OR_SDXL_FIX}")
     _check_unet_topology(shapes, prefix, path, "ControlNet")
-    cad = _cross_attention_dim(shapes, prefix)
+    _check_controlnet_family(
+        shapes,
+        path,
+        proj_in=f"{prefix}input_blocks.1.1.proj_in.weight",
+        to_k=f"{prefix}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+        hint=f"{prefix}input_hint_block.0.weight",
+        cross_attention_dim=cross_attention_dim,
+    )
+    return _levels(shapes, prefix)
+
+
+def _diffusers_controlnet_widths(shapes: Shapes, path: Path, cross_attention_dim: int | None) -> tuple[int, ...]:
+    keys = shapes.keys()
+    if any(k.startswith("add_embedding.") for k in keys) or any(".transformer_blocks.1." in k for k in keys):
+        raise ModelMismatchError(f"{path.name} is an SDXL ControlNet; the checkpoint is SD1.5. {_SD2_OR_SDXL_FIX}")
+    levels = {int(m[1]) for k in keys if (m := re.match(r"down_blocks\.(\d+)\.", k))}
+    resnets = {int(m[1]) for k in keys if (m := re.match(r"down_blocks\.\d+\.resnets\.(\d+)\.", k))}
+    attention = {level for level in levels if f"down_blocks.{level}.attentions.0.proj_in.weight" in keys}
+    if levels != set(range(SD15_LEVELS)) or resnets != set(range(SD15_LAYERS_PER_BLOCK)) or attention != set(
+        SD15_ATTENTION_LEVELS
+    ):
+        raise ModelMismatchError(
+            f"{path.name} is not an SD1.5 ControlNet: it has down blocks {sorted(levels)} with {len(resnets)} resnets "
+            f"each and attention on {sorted(attention)}; SD1.5 has blocks 0-3 with 2 resnets and attention on 0-2. "
+            f"{_SD2_OR_SDXL_FIX}"
+        )
+    _check_controlnet_family(
+        shapes,
+        path,
+        proj_in="down_blocks.0.attentions.0.proj_in.weight",
+        to_k="down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        hint=DIFFUSERS_CONTROLNET_KEY,
+        cross_attention_dim=cross_attention_dim,
+    )
+    return tuple(shapes[f"down_blocks.{level}.resnets.0.conv1.weight"][0] for level in range(SD15_LEVELS))
+
+
+def _check_controlnet_family(
+    shapes: Shapes, path: Path, proj_in: str, to_k: str, hint: str, cross_attention_dim: int | None
+) -> None:
+    """What separates an SD1.5 ControlNet from an SD2.x one of the same topology, and the hint it takes."""
+    cad = shapes[to_k][1]
+    # SD2.x projects into its transformers with a Linear (2-D weight), SD1.5 with a 1×1 convolution (4-D).
+    if len(shapes[proj_in]) == 2 or cad == SD2_CROSS_ATTENTION_DIM:
+        raise ModelMismatchError(
+            f"{path.name} is an SD2.x ControlNet (text width {cad}, linear projections); the checkpoint is SD1.5. "
+            f"{_SD2_OR_SDXL_FIX}"
+        )
     if cross_attention_dim is not None and cad != cross_attention_dim:
         raise ModelMismatchError(
             f"{path.name} expects text embeddings of width {cad}, the checkpoint gives {cross_attention_dim}: they are "
             "not from the same model family. Pick a ControlNet made for SD1.5."
         )
-    return _levels(shapes, prefix)
+    channels = shapes[hint][1]
+    if channels != CONTROLNET_HINT_CHANNELS:
+        raise ModelMismatchError(
+            f"{path.name} is a ControlNet whose control image has {channels} channels; this sampler feeds it an RGB "
+            f"image ({CONTROLNET_HINT_CHANNELS} channels). Pick an SD1.5 ControlNet that takes an image "
+            "(canny, lineart, scribble, softedge, tile ...)."
+        )
 
 
 @dataclass(frozen=True)

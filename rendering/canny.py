@@ -1,9 +1,15 @@
-"""Sketch → Canny edge map, the image that locks the geometry through ControlNet (canny).
+"""Sketch → control image (Canny edges or centre lines), the image that locks the geometry through ControlNet.
 
 Sketches are not photographs: they come dark-on-light or light-on-dark, faint or bold, with
 transparent paper, at any size. ``sketch_to_edges`` normalises all of that to "dark ink on white
-paper" before OpenCV's Canny, so one set of thresholds behaves the same on every drawing, and
-returns the ControlNet-canny convention: white 1-pixel edges on black, 3 channels, uint8.
+paper" at the output size, then runs one of two detectors on it:
+
+- ``canny``: OpenCV's Canny, so one set of thresholds behaves the same on every drawing. It finds
+  both sides of every stroke (two parallel contours per drawn line).
+- ``lines``: the strokes themselves, thinned to 1-pixel centre lines (``lines.centre_lines``): one
+  line per drawn line, for line-art, scribble and canny ControlNets alike.
+
+Both return the ControlNet convention: white 1-pixel lines on black, 3 channels, uint8.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .images import check_image_array, check_image_size, to_uint8
+from .lines import centre_lines
 
 DEFAULT_LOW_THRESHOLD = 50
 DEFAULT_HIGH_THRESHOLD = 150
@@ -30,6 +37,9 @@ MAX_RESOLUTION = 4096
 MAX_BLUR = 10.0
 MAX_THICKEN = 8
 
+MODES = ("canny", "lines")
+"""canny: both sides of every stroke (today's edge map); lines: each stroke's 1-pixel centre line."""
+
 
 @dataclass(frozen=True)
 class CannySettings:
@@ -44,6 +54,8 @@ class CannySettings:
     """Gaussian smoothing sigma in pixels before edge detection; calms paper grain and pencil hatching."""
     thicken: int = 0
     """Grow strokes by this many pixels before edge detection; joins broken, faint pencil lines."""
+    mode: str = "canny"
+    """One of ``MODES``. Thresholds apply to canny only; resolution, blur and thicken to both."""
 
     def validate(self) -> None:
         """Raise InvalidParameterError naming the first setting out of range."""
@@ -65,6 +77,8 @@ class CannySettings:
             raise InvalidParameterError(f"blur is {self.blur}; it must be between 0 and {MAX_BLUR}.")
         if not 0 <= self.thicken <= MAX_THICKEN:
             raise InvalidParameterError(f"thicken is {self.thicken}; it must be between 0 and {MAX_THICKEN}.")
+        if self.mode not in MODES:
+            raise InvalidParameterError(f"mode is {self.mode!r}; use one of {', '.join(MODES)}.")
 
 
 def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
@@ -83,19 +97,19 @@ def target_size(height: int, width: int, resolution: int) -> tuple[int, int]:
 
 
 def sketch_to_edges(image: np.ndarray, settings: CannySettings | None = None) -> np.ndarray:
-    """Detect the edges of one sketch.
+    """The control image of one sketch: its Canny edges (mode ``canny``) or centre lines (mode ``lines``).
 
     Args:
         image: ``(H, W)`` or ``(H, W, C)`` with C in 1..4; uint8, uint16, bool or float in 0..1.
             Transparent pixels count as paper.
-        settings: thresholds and options; defaults to ``CannySettings()``.
+        settings: mode, thresholds and options; defaults to ``CannySettings()`` (canny).
 
     Returns:
-        uint8 ``(H', W', 3)`` array, 255 on edges and 0 elsewhere; ``(H', W')`` is the input size,
-        or the size asked for by ``settings.resolution``. The three channels are one edge plane
-        seen three times (a read-only broadcast view): every consumer copies it into its own
-        format anyway, and a real 3-channel copy would cost more than the rest of the work besides
-        Canny. Copy it (``np.array(edges)``) to modify it.
+        uint8 ``(H', W', 3)`` array, 255 on edges (lines) and 0 elsewhere; ``(H', W')`` is the input
+        size, or the size asked for by ``settings.resolution``. The three channels are one plane seen
+        three times (a read-only broadcast view): every consumer copies it into its own format anyway,
+        and a real 3-channel copy would cost more than the rest of the work besides Canny. Copy it
+        (``np.array(edges)``) to modify it.
 
     Raises:
         InvalidImageError: the image cannot be used (see ``images.check_image_array``).
@@ -103,8 +117,26 @@ def sketch_to_edges(image: np.ndarray, settings: CannySettings | None = None) ->
     """
     settings = settings or CannySettings()
     settings.validate()
-    gray = ink_on_paper(check_image_array(image, "sketch"))
+    gray = prepared_gray(image, settings)
+    if settings.mode == "lines":
+        plane = centre_lines(gray)
+    else:
+        if settings.auto_threshold:
+            low, high = auto_thresholds(gray)
+        else:
+            low, high = settings.low_threshold, settings.high_threshold
+        plane = cv2.Canny(gray, low, high)
+    return np.broadcast_to(plane[:, :, None], (*plane.shape, 3))
 
+
+def prepared_gray(image: np.ndarray, settings: CannySettings) -> np.ndarray:
+    """A sketch as uint8 dark ink on light paper at the output size, thickened and blurred: what both modes detect on.
+
+    Resizing comes first, so canny edges and centre lines are 1 pixel wide at the output size. ``thicken``
+    grows the dark strokes (joining broken pencil lines, merging a doubled stroke into one); ``blur``
+    smooths paper grain, hatching and ragged stroke outlines.
+    """
+    gray = ink_on_paper(check_image_array(image, "sketch"))
     height, width = target_size(gray.shape[0], gray.shape[1], settings.resolution)
     check_image_size(height, width, "resized sketch")
     if (height, width) != gray.shape:
@@ -115,13 +147,7 @@ def sketch_to_edges(image: np.ndarray, settings: CannySettings | None = None) ->
         gray = cv2.erode(gray, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
     if settings.blur > 0:
         gray = cv2.GaussianBlur(gray, (0, 0), sigmaX=settings.blur)
-
-    if settings.auto_threshold:
-        low, high = auto_thresholds(gray)
-    else:
-        low, high = settings.low_threshold, settings.high_threshold
-    edges = cv2.Canny(gray, low, high)
-    return np.broadcast_to(edges[:, :, None], (*edges.shape, 3))
+    return gray
 
 
 def ink_on_paper(image: np.ndarray) -> np.ndarray:

@@ -181,7 +181,10 @@ def load_sd15(
 def load_controlnet(
     path: Path, dtype: torch.dtype, device: torch.device, cross_attention_dim: int, state: Preread = None
 ) -> Any:
-    """A ControlNet from lllyasviel's ``.pth``, ComfyUI's ``.safetensors`` or a diffusers folder.
+    """Any SD1.5 ControlNet: lllyasviel's ``.pth``, ComfyUI's ``.safetensors``, diffusers' single file or folder.
+
+    What it was trained on (canny, lineart, scribble, softedge, tile ...) does not matter and neither does
+    the file name: the file's keys and shapes are checked (``architectures.controlnet_widths``).
 
     Raises:
         ModelMismatchError: not an SD1.5 ControlNet or not matching the checkpoint's text width.
@@ -196,19 +199,28 @@ def load_controlnet(
                 f"{path.name} is a ControlNet for text width {model.config.cross_attention_dim}, the checkpoint has "
                 f"{cross_attention_dim}. Pick an SD1.5 ControlNet."
             )
-    else:
-        state = state if state is not None else load_state_dict(path)
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        channels = arch.controlnet_widths(shapes, path, cross_attention_dim)
-        prefix = arch.controlnet_prefix(shapes)
-        if prefix:
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        with tempfile.TemporaryDirectory(prefix="sketch-rag-controlnet-") as tmp:
-            import json
+        return place(model, device, dtype)
+    state = state if state is not None else load_state_dict(path)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    channels = arch.controlnet_widths(shapes, path, cross_attention_dim)
+    prefix = "" if arch.is_diffusers_controlnet(shapes) else arch.controlnet_prefix(shapes)
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    with tempfile.TemporaryDirectory(prefix="sketch-rag-controlnet-") as tmp:
+        import json
 
-            (Path(tmp) / "config.json").write_text(json.dumps(arch.controlnet_config(channels, cross_attention_dim)))
+        (Path(tmp) / "config.json").write_text(json.dumps(arch.controlnet_config(channels, cross_attention_dim)))
+        # A diffusers-layout state dict whose keys match the model exactly is loaded as is; an original-layout
+        # one goes through diffusers' own converter.
+        try:
             with quiet_progress():
                 model = ControlNetModel.from_single_file(state, config=tmp, local_files_only=True, dtype=dtype)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ModelMismatchError(
+                f"{path.name} looks like an SD1.5 ControlNet but its weights do not fit the layout "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}). "
+                f"Download it again into {path.parent}."
+            ) from exc
     return place(model, device, dtype)
 
 

@@ -54,6 +54,10 @@ def test_server_lists_the_node_with_its_inputs_and_defaults(comfy: ComfyClient) 
     assert required["low_threshold"][1]["max"] == 255
     assert all("tooltip" in spec[1] for spec in required.values())
     assert info["output"] == ["IMAGE"] and info["description"]
+    # Optional, so API graphs saved before it existed still queue (and run as canny).
+    mode = info["input"]["optional"]["mode"]
+    assert mode[1]["default"] == "canny" and "tooltip" in mode[1]
+    assert mode[0] == "COMBO" and mode[1]["options"] == ["canny", "lines"] or mode[0] == ["canny", "lines"]
 
 
 def test_load_canny_save_gives_the_engines_edges_on_real_sketches(
@@ -77,6 +81,59 @@ def test_batches_resolution_and_options_pass_through(comfy: ComfyClient, uploade
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
 
+def test_load_lines_save_gives_the_engines_centre_lines_on_real_sketches(
+    comfy: ComfyClient, uploaded: dict[str, Path]
+) -> None:
+    for name, path in uploaded.items():
+        [png] = comfy.run(canny_graph(name, f"lines_{path.stem}", mode="lines"), output_node="4")
+        served = np.asarray(Image.open(io.BytesIO(png)))
+        expected = sketch_to_edges(as_loaded_by_comfyui(path), CannySettings(mode="lines"))
+        assert served.shape == expected.shape
+        assert np.array_equal(served, expected), path.name
+        assert not np.array_equal(served, sketch_to_edges(as_loaded_by_comfyui(path))), "lines differ from canny"
+
+
+def test_lines_mode_batches_and_resizes_like_canny(comfy: ComfyClient, uploaded: dict[str, Path]) -> None:
+    name, path = next(iter(uploaded.items()))
+    settings: dict[str, Any] = {"resolution": 768, "blur": 0.5, "thicken": 1, "mode": "lines"}
+    pngs = comfy.run(canny_graph(name, "lines_batch", batch=2, **settings), output_node="4")
+    expected = sketch_to_edges(as_loaded_by_comfyui(path), CannySettings(**settings))
+    assert len(pngs) == 2 and expected.shape == (768, 768, 3)
+    for png in pngs:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+def test_a_graph_saved_before_mode_existed_still_runs_as_canny(comfy: ComfyClient, uploaded: dict[str, Path]) -> None:
+    name, path = next(iter(uploaded.items()))
+    graph = canny_graph(name, "no_mode")
+    assert "mode" not in graph["3"]["inputs"]
+    [png] = comfy.run(graph, output_node="4")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), sketch_to_edges(as_loaded_by_comfyui(path)))
+
+
+def test_a_blank_page_in_lines_mode_gives_an_empty_map(comfy: ComfyClient) -> None:
+    png_bytes = io.BytesIO()
+    Image.new("RGB", (96, 64), "white").save(png_bytes, format="PNG")
+    name = comfy.upload_image(png_bytes.getvalue(), "blank_page.png")
+    [png] = comfy.run(canny_graph(name, "blank_lines", mode="lines"), output_node="4")
+    served = np.asarray(Image.open(io.BytesIO(png)))
+    assert served.shape == (64, 96, 3) and not served.any()
+
+
+def test_a_one_pixel_wide_sketch_20000_pixels_long_fails_with_the_limit_and_the_server_keeps_working(
+    comfy: ComfyClient, uploaded: dict[str, Path]
+) -> None:
+    png_bytes = io.BytesIO()
+    Image.new("L", (20000, 1), 255).save(png_bytes, format="PNG")
+    name = comfy.upload_image(png_bytes.getvalue(), "one_pixel_tall.png")
+    with pytest.raises(JobFailed, match=r"sketch is 20000×1 pixels.*16384 pixels a side.*Downscale"):
+        comfy.wait(comfy.queue_prompt(canny_graph(name, "too_long", mode="lines")))
+    name, path = next(iter(uploaded.items()))
+    [png] = comfy.run(canny_graph(name, "after_too_long", mode="lines"), output_node="4")
+    expected = sketch_to_edges(as_loaded_by_comfyui(path), CannySettings(mode="lines"))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
 @pytest.mark.parametrize(
     ("settings", "error_type", "names"),
     [
@@ -87,6 +144,8 @@ def test_batches_resolution_and_options_pass_through(comfy: ComfyClient, uploade
         ({"thicken": "x"}, "invalid_input_type", "thicken"),
         ({"resolution": 99999}, "value_bigger_than_max", "resolution"),
         ({"blur": -1.0}, "value_smaller_than_min", "blur"),
+        ({"mode": "edges"}, "custom_validation_failed", "mode is 'edges'; use one of canny, lines"),
+        ({"mode": 3}, "custom_validation_failed", "mode is '3'"),
     ],
 )
 def test_invalid_inputs_are_refused_with_http_400_naming_the_input(

@@ -277,3 +277,138 @@ def test_edge_and_style_images_of_different_sizes_and_aspects_work_together(cach
         RenderRequest("a house", edge_image[:, :48], [tall_style, gray_style], num_inference_steps=1, height=96)
     )
     assert out.shape == (1, 96, 72, 3)  # the edge image's 3:4 aspect
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ControlNets: recognised by their keys and shapes, whatever they were trained on and whatever they are called
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def controlnet_variants(models_dir: Path, originals: dict[str, Any], tmp_path_factory) -> dict[str, Path]:
+    """The tiny ControlNet as users keep lineart, scribble, softedge and tile models: every layout, other names."""
+    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint
+
+    root = tmp_path_factory.mktemp("controlnets")
+    controlnet = originals["controlnet"]
+    full_v10 = {  # ControlNet 1.0's control_sd15_*.pth: the whole SD1.5 model plus control_model.*
+        **load_file(str(models_dir / "checkpoints" / CHECKPOINT_NAME)),
+        **controlnet_checkpoint(controlnet, prefix="control_model."),
+    }
+    files = {
+        "control_v11p_sd15_lineart.pth": controlnet_checkpoint(controlnet, prefix=""),
+        "control_sd15_scribble.pth": full_v10,
+        "control_v11p_sd15_softedge_fp16.safetensors": controlnet_checkpoint(controlnet, "", torch.float16),
+        # diffusers' diffusion_pytorch_model.safetensors, renamed as users do
+        "control_v11f1e_sd15_tile.safetensors": {k: v.contiguous() for k, v in controlnet.state_dict().items()},
+        "sketchy-lines-v2.bin": dict(controlnet.state_dict()),
+    }
+    paths = {}
+    for name, state in files.items():
+        paths[name] = root / name
+        if name.endswith(".safetensors"):
+            save_file(state, str(paths[name]))
+        else:
+            torch.save(state, paths[name])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "control_v11p_sd15_lineart.pth",
+        "control_sd15_scribble.pth",
+        "control_v11p_sd15_softedge_fp16.safetensors",
+        "control_v11f1e_sd15_tile.safetensors",
+        "sketchy-lines-v2.bin",
+    ],
+)
+def test_any_sd15_controlnet_loads_by_its_keys_whatever_its_name(
+    cache: PipelineCache,
+    make_spec: Callable[..., PipelineSpec],
+    controlnet_variants: dict[str, Path],
+    originals: dict[str, Any],
+    edge_image: np.ndarray,
+    name: str,
+) -> None:
+    good = make_spec(ip_adapter=None)
+    spec = PipelineSpec(good.checkpoint, controlnet_variants[name])
+    req = RenderRequest("a house", edge_image, [], num_inference_steps=2, width=64, height=64)
+    hybrid = cache.get(spec)
+    assert same_weights(originals["controlnet"], hybrid.pipe.controlnet, round_fp16="fp16" in name), name
+    reference = cache.get(PipelineSpec(good.checkpoint, controlnet_variants["control_v11p_sd15_lineart.pth"]))
+    expected = reference.render(req)
+    if "fp16" not in name:  # the same fp32 weights in another layout: the same render, bit for bit
+        assert np.array_equal(cache.get(spec).render(req), expected), name
+
+
+def _without(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def wrong_controlnets(models_dir: Path, originals: dict[str, Any], tmp_path_factory) -> dict[str, Path]:
+    """Files users put into models/controlnet that this SD1.5 sampler cannot use."""
+    from diffusers import ControlNetModel
+
+    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint
+    from sketch_rag.rendering.tiny_sd import TINY_UNET_CHANNELS
+
+    root = tmp_path_factory.mktemp("wrong_controlnets")
+    ldm = controlnet_checkpoint(originals["controlnet"], prefix="")
+    diffusers_keys = dict(originals["controlnet"].state_dict())
+    torch.manual_seed(0)
+    sd2: Any = ControlNetModel(  # SD2.x's layout at tiny width: linear projections, OpenCLIP-H's 1024-wide text
+        block_out_channels=TINY_UNET_CHANNELS, cross_attention_dim=1024, use_linear_projection=True,
+        attention_head_dim=8, norm_num_groups=32,
+    )
+    four_channel_hint = dict(ldm)
+    four_channel_hint["input_hint_block.0.weight"] = torch.zeros(16, 4, 3, 3)
+    files = {
+        "controlnet-sdxl-canny.safetensors": {**ldm, "label_emb.0.0.weight": torch.zeros(64, 16)},
+        "sdxl-diffusers-canny.safetensors": {**diffusers_keys, "add_embedding.linear_1.weight": torch.zeros(64, 16)},
+        "control_sd21_canny.safetensors": controlnet_checkpoint(sd2, prefix=""),
+        "sd21-diffusers-canny.safetensors": {k: v.contiguous() for k, v in sd2.state_dict().items()},
+        "t2iadapter_canny_sd15v2.safetensors": {"body.0.block1.weight": torch.zeros(8, 8, 3, 3),
+                                                "conv_in.weight": torch.zeros(8, 192, 3, 3)},
+        "v1-5-pruned-emaonly.safetensors": load_file(str(models_dir / "checkpoints" / CHECKPOINT_NAME)),
+        "control_v11p_sd15_inpaint_4ch.safetensors": four_channel_hint,
+        "half-a-controlnet.safetensors": _without(ldm, "input_blocks.4."),
+    }
+    paths = {}
+    for name, state in files.items():
+        paths[name] = root / name
+        save_file({k: v.contiguous() for k, v in state.items()}, str(paths[name]))
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("controlnet-sdxl-canny.safetensors", "is an SDXL ControlNet; the checkpoint is SD1.5. Pick an SD1.5"),
+        ("sdxl-diffusers-canny.safetensors", "is an SDXL ControlNet; the checkpoint is SD1.5. Pick an SD1.5"),
+        ("control_sd21_canny.safetensors", r"is an SD2.x ControlNet \(text width 1024.*Pick an SD1.5 ControlNet"),
+        ("sd21-diffusers-canny.safetensors", r"is an SD2.x ControlNet \(text width 1024.*Pick an SD1.5 ControlNet"),
+        ("t2iadapter_canny_sd15v2.safetensors", "is not a ControlNet .*T2I-Adapter.*models/controlnet"),
+        ("v1-5-pruned-emaonly.safetensors", "is not a ControlNet .*checkpoint is not one"),
+        ("control_v11p_sd15_inpaint_4ch.safetensors", "control image has 4 channels.*RGB"),
+        ("half-a-controlnet.safetensors", r"is not an SD1.5 ControlNet: its UNet has input blocks \[0, 1, 2, 3, 5"),
+    ],
+)
+def test_a_file_that_is_no_sd15_controlnet_is_refused_by_name_and_the_warm_pipeline_survives(
+    cache: PipelineCache,
+    make_spec: Callable[..., PipelineSpec],
+    wrong_controlnets: dict[str, Path],
+    edge_image: np.ndarray,
+    name: str,
+    expected: str,
+) -> None:
+    good = make_spec(ip_adapter=None)
+    req = RenderRequest("a house", edge_image, [], num_inference_steps=2, width=64, height=64)
+    before = cache.get(good).render(req)
+    loads = dict(cache.loads)
+    with pytest.raises(ModelMismatchError, match=expected) as refused:
+        cache.get(PipelineSpec(good.checkpoint, wrong_controlnets[name]))
+    assert str(refused.value).startswith(name)  # the message names the file the user picked
+    assert np.array_equal(cache.get(good).render(req), before)
+    assert dict(cache.loads)["controlnet"] == loads["controlnet"]  # the good ControlNet was never dropped
