@@ -138,6 +138,7 @@ class PipelineCache:
         held = self._slots.get(role)
         if held is not None and held.key == key:
             return held
+        del held  # no local reference may keep the old model alive through the load below
         # A wrong or damaged file fails in check(), while the warm model is still in place.
         checked = check() if check is not None else None
         self._drop_for_replacement(role)
