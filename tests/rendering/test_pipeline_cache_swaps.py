@@ -1,4 +1,4 @@
-"""Swapping models inside one warm cache: the same pixels as fresh caches, and the old model gone before the new loads."""
+"""Swapping models inside one warm cache: the pixels of fresh caches, and the old model gone before the new loads."""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def other_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("other_models")
     models = build_tiny_sd15(seed=1)
-    paths = {"checkpoint": folder / "tiny-sd15-seed1.safetensors", "controlnet": folder / "tiny-canny-seed1.safetensors"}
+    paths = {
+        "checkpoint": folder / "tiny-sd15-seed1.safetensors",
+        "controlnet": folder / "tiny-canny-seed1.safetensors",
+    }
     save_file(
         sd15_checkpoint(models["unet"], models["vae"], models["text_encoder"], dtype=torch.float16),
         str(paths["checkpoint"]),
