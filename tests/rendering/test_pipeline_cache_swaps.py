@@ -10,35 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from sketch_rag.rendering import hybrid_pipeline, loading
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 
 ModelRefs = dict[str, "weakref.ReferenceType[Any]"]
-
-
-@pytest.fixture(scope="module")
-def other_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A second tiny checkpoint and ControlNet (another seed): same layout, different weights."""
-    from safetensors.torch import save_file
-
-    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint
-    from sketch_rag.rendering.tiny_sd import build_tiny_sd15
-
-    folder = tmp_path_factory.mktemp("other_models")
-    models = build_tiny_sd15(seed=1)
-    paths = {
-        "checkpoint": folder / "tiny-sd15-seed1.safetensors",
-        "controlnet": folder / "tiny-canny-seed1.safetensors",
-    }
-    save_file(
-        sd15_checkpoint(models["unet"], models["vae"], models["text_encoder"], dtype=torch.float16),
-        str(paths["checkpoint"]),
-    )
-    save_file(controlnet_checkpoint(models["controlnet"], prefix="", dtype=torch.float16), str(paths["controlnet"]))
-    return paths
 
 
 def _request(edge: np.ndarray, style: np.ndarray) -> RenderRequest:
