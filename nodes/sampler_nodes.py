@@ -261,8 +261,8 @@ class HybridSampler(io.ComfyNode):
                     default=1,
                     min=1,
                     max=rr.MAX_BATCH,
-                    tooltip="Images per edge map. The seed draws the noise of the whole output batch at once, "
-                    "as KSampler does: the same seed, edges and batch_size give the same images.",
+                    tooltip="Images per edge map. One seed serves the whole output batch, as in KSampler: the same "
+                    "seed, edges and batch_size give the same images.",
                 ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],

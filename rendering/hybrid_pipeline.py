@@ -385,13 +385,13 @@ class HybridPipeline:
     ) -> np.ndarray:
         """Render ``request`` once per edge map, in order: ``(len(control_images) * num_images_per_prompt, H, W, 3)``.
 
-        Edge map ``b``'s images come at ``b * n .. b * n + n - 1`` (``n`` = ``num_images_per_prompt``). The seed
-        draws the starting noise of the whole output batch at once, as ComfyUI's KSampler does for a latent
-        batch: output image ``j`` starts from noise ``j`` of that draw, so the same seed, edge maps and batch
-        size give the same images, every image of the batch differs, and one edge map renders exactly as
-        :meth:`render` did before batches existed (diffusers draws that same noise). Edge maps are sampled one
-        after another, so memory stays at one edge map's worth. ``on_step`` counts the steps of all of them.
-        Every edge map is checked before the first is sampled.
+        Edge map ``b``'s images come at ``b * n .. b * n + n - 1`` (``n`` = ``num_images_per_prompt``). One seed
+        serves the whole output batch, as in ComfyUI's KSampler on a latent batch: output image ``j`` starts
+        from the ``j``-th noise drawn from the seed, so the same seed, edge maps and batch size give the same
+        images, every image differs, and the first images of a batch are exactly those of a smaller one (edge
+        map 0's are the ones it gets alone). Edge maps are sampled one after another, so memory stays at one
+        edge map's worth. ``on_step`` counts the steps of all of them. Every edge map is checked before the
+        first is sampled.
 
         Raises:
             InvalidImageError, InvalidParameterError: bad inputs (nothing was sampled).
@@ -499,17 +499,25 @@ class HybridPipeline:
 
 
 def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> torch.Tensor:
-    """The starting latents of ``images`` images, drawn from the seed at once exactly as diffusers draws them."""
+    """The starting latents of ``images`` images: one draw per image, one after another, from the seed.
+
+    Drawing per image makes image ``j``'s noise depend on the seed and ``j`` only: torch's CPU ``randn`` of a
+    whole batch at once gives the first image other values than a draw of one image at some sizes (its
+    vectorised path works in blocks of 16), so a batch-at-once draw would not keep the promise that the
+    first images of a batch are those of a smaller batch. A single image is drawn exactly as diffusers draws
+    it (same generator, shape, device and dtype), so one image per run renders as it always did.
+    """
     from diffusers.utils.torch_utils import randn_tensor
 
     shape = (
-        images,
+        1,
         int(pipe.unet.config.in_channels),
         checked.height // pipe.vae_scale_factor,
         checked.width // pipe.vae_scale_factor,
     )
     generator = torch.Generator("cpu").manual_seed(checked.request.seed)
-    return randn_tensor(shape, generator=generator, device=pipe._execution_device, dtype=pipe.text_encoder.dtype)
+    device, dtype = pipe._execution_device, pipe.text_encoder.dtype
+    return torch.cat([randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(images)])
 
 
 DEFAULT_CACHE = PipelineCache()

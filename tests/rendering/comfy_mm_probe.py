@@ -41,7 +41,7 @@ def main() -> None:
     from sketch_rag.retrieval.embedder import ClipEmbedder
 
     def spec(fields: dict[str, str | None]) -> PipelineSpec:
-        return PipelineSpec(**{k: (Path(v) if v else None) for k, v in fields.items()})  # type: ignore[arg-type]
+        return PipelineSpec(**{k: (Path(v) if v else None) for k, v in fields.items()})
 
     report: dict[str, Any] = {}
     hybrid = DEFAULT_CACHE.get(spec(args["a"]))
@@ -58,7 +58,7 @@ def main() -> None:
         report["entries_at_b_load"] = len(ours(mm))
         return real_load(*a, **k)
 
-    loading.load_sd15 = watching_load  # type: ignore[assignment]
+    loading.load_sd15 = watching_load
     hybrid = DEFAULT_CACHE.get(spec(args["b"]))
     sampler_nodes.register_with_model_management(hybrid)
     entries = ours(mm)

@@ -72,3 +72,18 @@ def test_a_bad_edge_map_anywhere_in_the_batch_fails_before_any_sampling(hybrid: 
     assert steps == []
     with pytest.raises(InvalidImageError, match="edge map batch is empty"):
         hybrid.render_batch(_request(edges[0], styles[0]), [])
+
+
+def test_the_first_edge_map_renders_as_alone_at_sizes_where_a_batched_noise_draw_would_differ(
+    hybrid: Any, edges, styles
+) -> None:
+    # 72×72 px = 9×9 latents: torch's batched randn gives the first image other noise than a single draw here.
+    def at_72(edge: np.ndarray) -> RenderRequest:
+        return RenderRequest(
+            prompt="a watercolor house", control_image=edge, style_images=[styles[0]], num_inference_steps=1,
+            seed=3, width=72, height=72,
+        )
+
+    batch = hybrid.render_batch(at_72(edges[0]), edges)
+    assert batch.shape == (2, 72, 72, 3)
+    assert np.array_equal(batch[0], hybrid.render(at_72(edges[0]))[0])

@@ -90,7 +90,7 @@ def test_unknown_tag_is_a_clear_error(comfy: ComfyClient) -> None:
 
 def test_a_query_image_batch_is_refused_with_the_fix(comfy: ComfyClient, example_sketches: list[Path]) -> None:
     names = [comfy.upload_image(p.read_bytes(), p.name) for p in example_sketches[:2]]
-    batched = graph(k=1, **{
+    batched = graph(k=1, tag_filter="", **{
         "4": {"class_type": "LoadImage", "inputs": {"image": names[0]}},
         "5": {"class_type": "LoadImage", "inputs": {"image": names[1]}},
         "6": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["5", 0]}},
@@ -98,7 +98,7 @@ def test_a_query_image_batch_is_refused_with_the_fix(comfy: ComfyClient, example
     batched["2"]["inputs"]["query_image"] = ["6", 0]
     with pytest.raises(JobFailed, match="query_image is a batch of 2 images.*ImageFromBatch"):
         comfy.wait(comfy.queue_prompt(batched), timeout=120)
-    one = graph(k=1, **{"4": {"class_type": "LoadImage", "inputs": {"image": names[0]}}})
+    one = graph(k=1, tag_filter="", **{"4": {"class_type": "LoadImage", "inputs": {"image": names[0]}}})
     one["2"]["inputs"]["query_image"] = ["4", 0]
     assert len(comfy.wait(comfy.queue_prompt(one), timeout=120)["outputs"]["2"]["text"]) == 1
 
