@@ -107,6 +107,7 @@ def _managed_embedder(embedder: ClipEmbedder) -> ClipEmbedder:
             managed.use(current.generation, {"clip": current.model})
 
     embedder.on_use = in_use
+    in_use(embedder)  # accounted for from the load on, not only from its first embedding
     return embedder
 
 
