@@ -23,7 +23,7 @@ from comfy_api.latest import io, ui
 from PIL import Image, ImageDraw
 
 from ..access import AccessPolicy
-from ..errors import LibraryError, SketchRagError
+from ..errors import InvalidImageError, LibraryError, SketchRagError
 from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
@@ -32,6 +32,7 @@ from ..retrieval.locations import LibraryHome, library_roots, resolve_location, 
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 from .common import CATEGORY, NODE_PREFIX
+from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
 StyleLibraryType = io.Custom("SKETCHRAG_STYLE_LIBRARY")
@@ -97,6 +98,38 @@ def _folder_signature(roots: list[LibraryRoot]) -> str:
                     stat = os.stat(os.path.join(dirpath, name))
                     digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def _managed_embedder(embedder: ClipEmbedder) -> ClipEmbedder:
+    """Register ``embedder``'s CLIP with ComfyUI's model management, like the SD models (see ``managed_models``).
+
+    ComfyUI's "Unload models" (``POST /free``) then releases its weights; the libraries keep the embedder,
+    which loads the weights again on its next use and registers them anew (its ``on_use`` hook runs before
+    every embedding, so ComfyUI always knows the CLIP is in memory and in use).
+    """
+    managed = ManagedModels(f"the Style Library CLIP model {embedder.name}", embedder.release)
+
+    def in_use(current: ClipEmbedder) -> None:
+        if current.model is not None:
+            managed.use(current.generation, {"clip": current.model})
+
+    embedder.on_use = in_use
+    in_use(embedder)  # accounted for from the load on, not only from its first embedding
+    return embedder
+
+
+def _one_query_image(query_image: torch.Tensor | None) -> np.ndarray | None:
+    """The query image, refusing a batch: one style query has one image, and silently using the first is wrong."""
+    if query_image is None:
+        return None
+    images = image_batch_to_arrays(query_image, "query_image")
+    if len(images) > 1:
+        raise InvalidImageError(
+            f"query_image is a batch of {len(images)} images; the CLIP Style Retriever matches one image. Pick "
+            "one with the core ImageFromBatch node (batch_index, length 1) before query_image, or run one "
+            "retriever per image."
+        )
+    return images[0]
 
 
 def _progress_callback(bar: ProgressBar) -> Any:
@@ -180,8 +213,10 @@ class StyleLibraryLoader(io.ComfyNode):
         with _cache_lock:
             model_key = (embedding_model, device)
             if model_key not in _embedders:
-                _embedders[model_key] = ClipEmbedder.load(
-                    location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
+                _embedders[model_key] = _managed_embedder(
+                    ClipEmbedder.load(
+                        location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
+                    )
                 )
             embedder = _embedders[model_key]
             # The writable flag is part of the key: a folder the config made read-only is a new library.
@@ -251,7 +286,8 @@ class ClipStyleRetriever(io.ComfyNode):
                 ),
                 io.Image.Input(
                     "query_image", optional=True,
-                    tooltip="Optional image whose style to match (mixed with the prompt by image_weight).",
+                    tooltip="Optional image whose style to match (mixed with the prompt by image_weight). One image: "
+                    "pick one of a batch with ImageFromBatch.",
                 ),
             ],
             outputs=[
@@ -283,7 +319,7 @@ class ClipStyleRetriever(io.ComfyNode):
     ) -> io.NodeOutput:
         if not isinstance(library, StyleLibrary):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
-        image = image_batch_to_arrays(query_image, "query_image")[0] if query_image is not None else None
+        image = _one_query_image(query_image)
         matches = library.query(
             StyleQuery(text=prompt, image=image, image_weight=image_weight, k=k, tags=_tags(tag_filter),
                        temperature=blend_temperature)

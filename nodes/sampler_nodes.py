@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from ..rendering import render_request as rr
 from .common import CATEGORY, NODE_PREFIX
+from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
 HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
@@ -160,7 +161,9 @@ class HybridSampler(io.ComfyNode):
                     "negative_prompt", multiline=True, default="blurry, low quality", tooltip="What to steer away from."
                 ),
                 io.Image.Input(
-                    "edges", tooltip="The edge map (e.g. from Canny Sketch Preprocessor); its aspect sets the output's."
+                    "edges",
+                    tooltip="The edge map (e.g. from Canny Sketch Preprocessor); its aspect sets the output's. A batch "
+                    "of edge maps renders each one in order, batch_size images each.",
                 ),
                 io.Image.Input(
                     "style",
@@ -255,7 +258,14 @@ class HybridSampler(io.ComfyNode):
                     step=8,
                     tooltip="Output height (multiple of 8); 0 follows the edge map's aspect.",
                 ),
-                io.Int.Input("batch_size", default=1, min=1, max=rr.MAX_BATCH, tooltip="Images per run."),
+                io.Int.Input(
+                    "batch_size",
+                    default=1,
+                    min=1,
+                    max=rr.MAX_BATCH,
+                    tooltip="Images per edge map. One seed serves the whole output batch, as in KSampler: the same "
+                    "seed, edges and batch_size give the same images.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
         )
@@ -286,12 +296,12 @@ class HybridSampler(io.ComfyNode):
         from ..errors import RenderInterruptedError
         from ..rendering.hybrid_pipeline import DEFAULT_CACHE
 
-        control = image_batch_to_arrays(edges, "edges")
+        controls = image_batch_to_arrays(edges, "edges")
         styles = image_batch_to_arrays(style, "style") if style is not None else []
         request = rr.RenderRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            control_image=control[0],
+            control_image=controls[0],
             style_images=styles,
             style_weights=_parse_weights(style_weights, len(styles)),
             controlnet_conditioning_scale=controlnet_conditioning_scale,
@@ -307,10 +317,14 @@ class HybridSampler(io.ComfyNode):
             num_images_per_prompt=batch_size,
         )
         hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
-        register_with_model_management(DEFAULT_CACHE, hybrid)
+        register_with_model_management(hybrid)
         try:
-            images = hybrid.render(
-                request, on_step=comfy_step_callback(num_inference_steps), should_stop=mm.processing_interrupted
+            # Every edge map of the batch, in order, batch_size images each (see HybridPipeline.render_batch).
+            images = hybrid.render_batch(
+                request,
+                controls,
+                on_step=comfy_step_callback(num_inference_steps * len(controls)),
+                should_stop=mm.processing_interrupted,
             )
         except RenderInterruptedError:
             mm.throw_exception_if_processing_interrupted()  # ComfyUI's own interrupt exception and message
@@ -336,51 +350,37 @@ def comfy_step_callback(total: int) -> Any:
     return on_step
 
 
-# The one ModelPatcher that represents our warm models in ComfyUI's model management (see below).
-_REGISTERED: dict[str, Any] = {}
+_MANAGED: dict[str, ManagedModels] = {}
 
 
-def register_with_model_management(cache: Any, hybrid: Any) -> None:
-    """Let ComfyUI account for and free the warm models like its own.
+def pipeline_models() -> ManagedModels:
+    """The entry of the warm hybrid pipeline in ComfyUI's model management (made on first use).
 
-    The models are wrapped in a ``ModelPatcher`` and loaded through ``load_models_gpu``: ComfyUI then counts
-    their memory when it makes room for other models, and when it unloads them (to free memory, or on
-    ``/free`` / the Unload Models button) its ``ON_DETACH`` callback releases the engine's cache. Only this
-    module holds the patcher, so ComfyUI's entry goes away with it.
+    ComfyUI's unload releases the engine's cache; a model swap inside the cache drops the entry first (its
+    replace listener), so ComfyUI's patcher never keeps the old model alive while the new one loads.
     """
-    import comfy.model_management as mm
-    from comfy.model_patcher import CallbacksMP, ModelPatcher
+    from ..rendering.hybrid_pipeline import DEFAULT_CACHE
 
+    managed = _MANAGED.get("pipeline")
+    if managed is None:
+        managed = _MANAGED["pipeline"] = ManagedModels("the hybrid pipeline", DEFAULT_CACHE.release)
+        DEFAULT_CACHE.add_replace_listener(_drop_pipeline_entry)
+    return managed
+
+
+def _drop_pipeline_entry(_role: str) -> None:
+    managed = _MANAGED.get("pipeline")
+    if managed is not None:
+        managed.drop()
+
+
+def register_with_model_management(hybrid: Any) -> None:
+    """Let ComfyUI account for and free the warm pipeline's models like its own (see ``managed_models``)."""
     pipe = hybrid.pipe
-    key = f"{id(pipe)}:{id(pipe.unet)}:{id(pipe.controlnet)}:{id(pipe.image_encoder)}"
-    if _REGISTERED.get("key") != key:
-        parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "controlnet": pipe.controlnet}
-        if pipe.image_encoder is not None:
-            parts["image_encoder"] = pipe.image_encoder
-        modules = torch.nn.ModuleDict(parts)
-        device = next(pipe.unet.parameters()).device
-        patcher = ModelPatcher(modules, load_device=device, offload_device=device)
-
-        def released(p: Any, _unpatch_all: bool) -> None:
-            held: torch.nn.ModuleDict = p.model
-            # load_models_gpu detaches a model it already holds before loading it again; a patcher being
-            # replaced (or collected) is not an unload of the current models either.
-            if _REGISTERED.get("reloading") or _REGISTERED.get("patcher") is not p:
-                return
-            cache.release()
-            held.clear()  # the ModuleDict's references too, or the weights would outlive the release
-            # The patcher itself stays referenced until the next registration: dropping it here, inside
-            # ComfyUI's free_memory loop, would let its finalizer edit the list ComfyUI is iterating.
-            _REGISTERED["key"] = None
-
-        patcher.add_callback(CallbacksMP.ON_DETACH, released)
-        _REGISTERED.clear()
-        _REGISTERED.update(key=key, patcher=patcher)
-    _REGISTERED["reloading"] = True
-    try:
-        mm.load_models_gpu([_REGISTERED["patcher"]], force_full_load=True)
-    finally:
-        _REGISTERED["reloading"] = False
+    parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "controlnet": pipe.controlnet}
+    if pipe.image_encoder is not None:
+        parts["image_encoder"] = pipe.image_encoder
+    pipeline_models().use(hybrid.generation, parts)
 
 
 def _parse_weights(text: str, count: int) -> list[float] | None:

@@ -5,24 +5,34 @@ Loading SD1.5 costs seconds to tens of seconds; a render with warm models costs 
 by file identity + dtype + device, so changing one file in the loader reloads that model only, and a repeat
 run loads nothing (``loads`` counts every load for tests and the benchmark). ``release()`` drops everything
 so the host (ComfyUI's model management, the CLI) can get the memory back.
+
+What is built from the loaded models (the assembled diffusers pipeline, the IP-Adapter inside the UNet) is
+keyed by *load generation*: every load gets the next number of one counter. ``id()`` would not do: once the
+old model is freed, CPython may give the new one the same address, and a cache keyed by it then keeps serving
+the old UNet. A swap drops every reference to the old model first (its slot, the assembled pipeline, and
+through :meth:`PipelineCache.add_replace_listener` the host's, e.g. ComfyUI's model patcher) and only then
+loads the new one, so memory peaks at about one model's worth, not old + new.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import InvalidParameterError, ModelNotFoundError, RenderInterruptedError
+from ..errors import InvalidImageError, InvalidParameterError, ModelNotFoundError, RenderInterruptedError
+from ..hub_access import hub_offline
 from . import loading
 from .images import to_uint8
 from .model_files import FileKey
@@ -67,35 +77,79 @@ class PipelineSpec:
     vae_tiling: bool = False
 
 
+ReplaceListener = Callable[[str], None]
+"""Called with a role just before the cache drops that role's model to load its replacement."""
+
+PIPELINE_ROLES = ("checkpoint", "controlnet", "image_encoder")
+"""The roles the assembled diffusers pipeline holds a reference to."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    key: Hashable
+    value: Any
+    generation: int
+
+
 class PipelineCache:
     """One warm model per role, swapped individually. Thread-safe; one render at a time."""
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._slots: dict[str, tuple[Hashable, Any]] = {}
+        self._slots: dict[str, _Slot] = {}
         self._pipe: Any = None
         self._pipe_key: Hashable = None
         self._memory_key: Hashable = None
+        self._generations = itertools.count(1)
+        self._listeners: list[ReplaceListener] = []
         self.loads: Counter[str] = Counter()
+
+    def add_replace_listener(self, listener: ReplaceListener) -> None:
+        """Have ``listener(role)`` called before a loaded model is dropped for a replacement (once per listener).
+
+        A host that holds references to the models (ComfyUI's model patcher) drops them there, so the old
+        model is really freed before the new one loads. Not called by :meth:`release`: the host that asks for
+        a release is already letting go.
+        """
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
+
+    def _drop_for_replacement(self, role: str) -> None:
+        """Let go of ``role``'s model and of everything built from it, before its replacement is loaded."""
+        if role not in self._slots:
+            return
+        for listener in list(self._listeners):
+            listener(role)
+        del self._slots[role]
+        if role in PIPELINE_ROLES:
+            # The assembled pipeline (and the IP-Adapter inside its UNet) references the old model.
+            self._pipe = None
+            self._pipe_key = None
+            self._memory_key = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _slot(
         self, role: str, key: Hashable, load: Callable[[Any], Any], check: Callable[[], Any] | None = None
-    ) -> Any:
+    ) -> _Slot:
         """The held model for ``key``, or a fresh one: ``check()``'s result (what it read) goes to ``load``."""
         held = self._slots.get(role)
-        if held is not None and held[0] == key:
-            return held[1]
+        if held is not None and held.key == key:
+            return held
+        del held  # no local reference may keep the old model alive through the load below
         # A wrong or damaged file fails in check(), while the warm model is still in place.
         checked = check() if check is not None else None
-        self._slots.pop(role, None)  # drop the old model before loading its replacement: peak memory
-        gc.collect()
+        self._drop_for_replacement(role)
         start = time.perf_counter()
         value = load(checked)
         self.loads[role] += 1
         source = key[0].path if isinstance(key, tuple) and isinstance(key[0], FileKey) else key
         log.info("Sketch RAG: loaded %s from %s in %.2f s", role, source, time.perf_counter() - start)
-        self._slots[role] = (key, value)
-        return value
+        slot = _Slot(key, value, next(self._generations))
+        self._slots[role] = slot
+        return slot
 
     def get(self, spec: PipelineSpec) -> HybridPipeline:
         """The warm pipeline for ``spec``, loading only the models whose file, dtype or device changed.
@@ -121,39 +175,46 @@ class PipelineCache:
                         f"Model file {path} does not exist (any more); pick another in the loader."
                     )
             ckpt_key = (FileKey.of(spec.checkpoint), dtype, str(device))
-            sd = self._slot(
+            sd_slot = self._slot(
                 "checkpoint",
                 ckpt_key,
                 lambda widths: loading.load_sd15(spec.checkpoint, dtype, device, widths),
                 lambda: loading.check_sd15(spec.checkpoint),
             )
+            sd: loading.Sd15Parts = sd_slot.value
             cad = int(sd.unet.config.cross_attention_dim)
             cn_key = (FileKey.of(spec.controlnet), dtype, str(device), cad)
-            controlnet = self._slot(
+            cn_slot = self._slot(
                 "controlnet",
                 cn_key,
                 lambda state: loading.load_controlnet(spec.controlnet, dtype, device, cad, state),
                 lambda: loading.check_controlnet(spec.controlnet, cad),
             )
             encoder = None
+            enc_generation = None
             if spec.image_encoder is not None:
                 enc_path = spec.image_encoder
-                encoder = self._slot(
+                enc_slot = self._slot(
                     "image_encoder",
                     (FileKey.of(enc_path), dtype, str(device)),
                     lambda state: loading.load_image_encoder(enc_path, dtype, device, state),
                     lambda: loading.check_image_encoder(enc_path),
                 )
-            pipe_key = (id(sd), id(controlnet), id(encoder))
+                encoder, enc_generation = enc_slot.value, enc_slot.generation
+            elif "image_encoder" in self._slots:
+                self._drop_for_replacement("image_encoder")  # not needed any more: free it
+            pipe_key = (sd_slot.generation, cn_slot.generation, enc_generation)
             if self._pipe is None or self._pipe_key != pipe_key:
-                self._pipe = _assemble(sd, controlnet, encoder)  # cheap: only wires the loaded models together
+                # cheap: only wires the loaded models together
+                self._pipe = _assemble(sd, cn_slot.value, encoder)
                 self._pipe_key = pipe_key
+                self._memory_key = None
             # The adapter lives inside the UNet (attention processors + image projection), so it is keyed by
             # the UNet it was loaded into: a new checkpoint needs it loaded again, a new ControlNet does not.
             ip_info = None
             if spec.ip_adapter is not None and encoder is not None:
                 ip_path, pipe = spec.ip_adapter, self._pipe
-                ip_key = (FileKey.of(ip_path), id(sd.unet), id(encoder))
+                ip_key = (FileKey.of(ip_path), sd_slot.generation, enc_generation)
                 ip_info = self._slot(
                     "ip_adapter",
                     ip_key,
@@ -164,18 +225,19 @@ class PipelineCache:
                         int(encoder.config.projection_dim),
                         int(encoder.config.hidden_size),
                     ),
-                )
+                ).value
             else:
                 self._slots.pop("ip_adapter", None)
                 _unload_ip_adapter(self._pipe)
             # Loading an adapter replaces the attention processors, so its slot is part of the key; otherwise
             # the options stay applied and a warm ``get`` (every render asks again) rebuilds nothing.
             held_ip = self._slots.get("ip_adapter")
-            memory_key = (pipe_key, held_ip[0] if held_ip else None, spec.attention_slicing, spec.vae_tiling)
+            ip_generation = held_ip.generation if held_ip else None
+            memory_key = (pipe_key, ip_generation, spec.attention_slicing, spec.vae_tiling)
             if memory_key != self._memory_key:
                 _set_memory_options(self._pipe, spec)
                 self._memory_key = memory_key
-            return HybridPipeline(self, self._pipe, spec, ip_info)
+            return HybridPipeline(self, self._pipe, spec, ip_info, (*pipe_key, ip_generation))
 
     def release(self) -> None:
         """Drop every model so their memory can be reclaimed (the next ``get`` loads again)."""
@@ -198,6 +260,12 @@ class PipelineCache:
     @property
     def loaded_roles(self) -> list[str]:
         return sorted(self._slots)
+
+    def generation(self, role: str) -> int | None:
+        """The load generation of ``role``'s held model (None: not loaded); a new load, a new number."""
+        with self._lock:
+            held = self._slots.get(role)
+            return held.generation if held else None
 
 
 def _assemble(sd: loading.Sd15Parts, controlnet: Any, encoder: Any) -> Any:
@@ -227,7 +295,7 @@ def _assemble(sd: loading.Sd15Parts, controlnet: Any, encoder: Any) -> Any:
 def _load_ip_adapter(pipe: Any, weights: Any) -> Any:
     """Put checked IP-Adapter weights (:func:`loading.load_ip_adapter_weights`) into the pipeline's UNet."""
     _unload_ip_adapter(pipe)
-    with loading.quiet_progress():
+    with loading.quiet_progress(), hub_offline():
         pipe.load_ip_adapter(weights.state, subfolder="", weight_name="", image_encoder_folder=None)
     return weights.info
 
@@ -264,14 +332,31 @@ class HybridPipeline:
 
     The cache may have swapped models for another spec since this object was made (another loader node,
     a release by ComfyUI); ``render`` therefore asks the cache for its spec again, which costs nothing when
-    the models are still the right ones.
+    the models are still the right ones. The diffusers pipeline is held weakly, so a ``HybridPipeline`` kept
+    by a caller never keeps swapped-out models alive; ``pipe`` fetches the current one when it is gone.
     """
 
-    def __init__(self, cache: PipelineCache, pipe: Any, spec: PipelineSpec, ip_info: Any) -> None:
+    def __init__(
+        self, cache: PipelineCache, pipe: Any, spec: PipelineSpec, ip_info: Any, generation: tuple[int | None, ...]
+    ) -> None:
         self.cache = cache
-        self.pipe = pipe
         self.spec = spec
         self.ip_info = ip_info
+        self.generation = generation
+        """Load generations of (checkpoint, ControlNet, image encoder, IP-Adapter): which models ``pipe`` holds."""
+        self._pipe = weakref.ref(pipe)
+
+    @property
+    def pipe(self) -> Any:
+        pipe = self._pipe()
+        if pipe is None:
+            pipe = self._refresh(self.cache.get(self.spec))
+        return pipe
+
+    def _refresh(self, current: HybridPipeline) -> Any:
+        pipe = current.pipe
+        self._pipe, self.ip_info, self.generation = weakref.ref(pipe), current.ip_info, current.generation
+        return pipe
 
     @property
     def has_ip_adapter(self) -> bool:
@@ -280,7 +365,7 @@ class HybridPipeline:
     def render(
         self, request: RenderRequest, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
     ) -> np.ndarray:
-        """Render ``request``; returns float32 images ``(B, H, W, 3)`` in [0, 1].
+        """Render ``request``; returns float32 images ``(num_images_per_prompt, H, W, 3)`` in [0, 1].
 
         All inputs are checked first; a refused request, an interrupt or an out-of-memory error leave the
         pipeline usable for the next call.
@@ -289,29 +374,68 @@ class HybridPipeline:
             InvalidImageError, InvalidParameterError: bad inputs (nothing was sampled).
             RenderInterruptedError: ``should_stop`` returned True; sampling stopped after the current step.
         """
-        checked = check_request(request, self.has_ip_adapter)
+        return self.render_batch(request, [request.control_image], on_step, should_stop)
+
+    def render_batch(
+        self,
+        request: RenderRequest,
+        control_images: Sequence[np.ndarray],
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> np.ndarray:
+        """Render ``request`` once per edge map, in order: ``(len(control_images) * num_images_per_prompt, H, W, 3)``.
+
+        Edge map ``b``'s images come at ``b * n .. b * n + n - 1`` (``n`` = ``num_images_per_prompt``). One seed
+        serves the whole output batch, as in ComfyUI's KSampler on a latent batch: output image ``j`` starts
+        from the ``j``-th noise drawn from the seed, so the same seed, edge maps and batch size give the same
+        images, every image differs, and the first images of a batch are exactly those of a smaller one (edge
+        map 0's are the ones it gets alone). Edge maps are sampled one after another, so memory stays at one
+        edge map's worth. ``on_step`` counts the steps of all of them. Every edge map is checked before the
+        first is sampled.
+
+        Raises:
+            InvalidImageError, InvalidParameterError: bad inputs (nothing was sampled).
+            RenderInterruptedError: ``should_stop`` returned True; sampling stopped after the current step.
+        """
+        if len(control_images) == 0:
+            raise InvalidImageError("The edge map batch is empty; connect at least one edge image.")
+        checked = [
+            check_request(replace(request, control_image=image), self.has_ip_adapter)
+            for image in control_images
+        ]
+        per_edge = request.num_images_per_prompt
+        steps = request.num_inference_steps
         with self.cache.lock, torch.inference_mode():
-            current = self.cache.get(self.spec)
-            self.pipe, self.ip_info = current.pipe, current.ip_info
+            pipe = self._refresh(self.cache.get(self.spec))  # held strongly for the render
             try:
-                return self._render(checked, on_step, should_stop)
+                noise = _initial_noise(pipe, checked[0], len(checked) * per_edge)
+                outputs = []
+                for index, one in enumerate(checked):
+                    done = index * steps
+
+                    def step(i: int, _n: int, latents: torch.Tensor, done: int = done) -> None:
+                        if on_step is not None:
+                            on_step(done + i, steps * len(checked), latents)
+
+                    which = f" (edge map {index + 1} of {len(checked)})" if len(checked) > 1 else ""
+                    latents = noise[index * per_edge : (index + 1) * per_edge]
+                    outputs.append(self._render(pipe, one, step, should_stop, latents, which))
+                return np.concatenate(outputs)
             except torch.OutOfMemoryError as exc:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise InvalidParameterError(
-                    f"Out of GPU memory rendering {checked.width}×{checked.height} × {request.num_images_per_prompt} "
-                    "image(s). Lower width/height or the batch size, or turn on attention slicing and VAE tiling in "
-                    "the loader."
+                    f"Out of GPU memory rendering {checked[0].width}×{checked[0].height} × {per_edge} image(s). "
+                    "Lower width/height or the batch size, or turn on attention slicing and VAE tiling in the loader."
                 ) from exc
 
-    def _style_embeds(self, checked: CheckedRequest, cfg: bool) -> list[torch.Tensor]:
+    def _style_embeds(self, pipe: Any, checked: CheckedRequest, cfg: bool) -> list[torch.Tensor]:
         """One weighted average of the references' image embeddings, in diffusers' ``ip_adapter_image_embeds`` form.
 
         Averaging embeddings is how several references are blended (the retriever's weights); the plus variant
         averages the encoder's patch features, the plain one the pooled projection.
         """
-        pipe = self.pipe
         device = pipe.unet.device
         hidden = bool(self.ip_info.plus)
         cond: torch.Tensor | None = None
@@ -325,12 +449,17 @@ class HybridPipeline:
         return [stacked.unsqueeze(1)]  # (2 or 1, images=1, tokens..., dim)
 
     def _render(
-        self, checked: CheckedRequest, on_step: StepCallback | None, should_stop: StopCheck | None
+        self,
+        pipe: Any,
+        checked: CheckedRequest,
+        on_step: StepCallback | None,
+        should_stop: StopCheck | None,
+        latents: torch.Tensor,
+        which: str,
     ) -> np.ndarray:
         from diffusers import UniPCMultistepScheduler
         from PIL import Image
 
-        pipe = self.pipe
         request = checked.request
         # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
@@ -339,17 +468,16 @@ class HybridPipeline:
         kwargs: dict[str, Any] = {}
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
-            kwargs["ip_adapter_image_embeds"] = self._style_embeds(checked, cfg)
+            kwargs["ip_adapter_image_embeds"] = self._style_embeds(pipe, checked, cfg)
         total = request.num_inference_steps
 
         def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step + 1, total, tensors["latents"])
             if should_stop is not None and should_stop():
-                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {total}.")
+                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {total}{which}.")
             return tensors
 
-        generator = torch.Generator("cpu").manual_seed(request.seed)
         result = pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or None,
@@ -362,12 +490,34 @@ class HybridPipeline:
             control_guidance_start=request.control_guidance_start,
             control_guidance_end=request.control_guidance_end,
             num_images_per_prompt=request.num_images_per_prompt,
-            generator=generator,
+            latents=latents,
             output_type="np",
             callback_on_step_end=step_end,
             **kwargs,
         )
         return np.asarray(result.images, dtype=np.float32)
+
+
+def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> torch.Tensor:
+    """The starting latents of ``images`` images: one draw per image, one after another, from the seed.
+
+    Drawing per image makes image ``j``'s noise depend on the seed and ``j`` only: torch's CPU ``randn`` of a
+    whole batch at once gives the first image other values than a draw of one image at some sizes (its
+    vectorised path works in blocks of 16), so a batch-at-once draw would not keep the promise that the
+    first images of a batch are those of a smaller batch. A single image is drawn exactly as diffusers draws
+    it (same generator, shape, device and dtype), so one image per run renders as it always did.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (
+        1,
+        int(pipe.unet.config.in_channels),
+        checked.height // pipe.vae_scale_factor,
+        checked.width // pipe.vae_scale_factor,
+    )
+    generator = torch.Generator("cpu").manual_seed(checked.request.seed)
+    device, dtype = pipe._execution_device, pipe.text_encoder.dtype
+    return torch.cat([randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(images)])
 
 
 DEFAULT_CACHE = PipelineCache()

@@ -4,7 +4,8 @@ Every loader checks the file against what the sampler needs (family, widths, com
 anything, so a wrong pick fails in milliseconds with a message naming the file and the fix, and never
 leaves a half-built model behind. Single files go through diffusers' own ``from_single_file`` with a local
 config folder (the shipped SD1.5 configs, widths taken from the file): without ``config=`` diffusers goes to
-the Hub even when told ``local_files_only=True``.
+the Hub even when told ``local_files_only=True``. Each load runs offline (:func:`..hub_access.hub_offline`), so a
+forgotten Hub lookup fails at once; the process's own setting is back as soon as the load returns.
 """
 
 from __future__ import annotations
@@ -20,28 +21,13 @@ from typing import Any
 import torch
 
 from ..errors import ModelMismatchError
+from ..hub_access import hub_offline
 from . import architectures as arch
 from .model_files import load_state_dict, read_shapes
 
 log = logging.getLogger(__name__)
 
 SD15_CROSS_ATTENTION_LAYERS = 16
-
-
-def force_offline() -> None:
-    """Make every Hugging Face call fail fast instead of reaching (or hanging on) the network.
-
-    ``HF_HUB_OFFLINE`` is read when huggingface_hub is imported; inside ComfyUI it already is, so the
-    constant is set too (measured: 0 connections afterwards). All loads here are local; this is the guard
-    that turns a forgotten code path into an immediate error rather than a multi-minute hang.
-    """
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import huggingface_hub.constants
-
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -137,6 +123,7 @@ def check_image_encoder(path: Path) -> Preread:
     return state
 
 
+@hub_offline()
 def load_sd15(
     path: Path, dtype: torch.dtype, device: torch.device, widths: arch.Sd15Widths | None = None
 ) -> Sd15Parts:
@@ -147,7 +134,6 @@ def load_sd15(
     """
     from diffusers import StableDiffusionPipeline
 
-    force_offline()
     common: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -178,6 +164,7 @@ def load_sd15(
     return Sd15Parts(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
 
 
+@hub_offline()
 def load_controlnet(
     path: Path, dtype: torch.dtype, device: torch.device, cross_attention_dim: int, state: Preread = None
 ) -> Any:
@@ -191,7 +178,6 @@ def load_controlnet(
     """
     from diffusers import ControlNetModel
 
-    force_offline()
     if path.is_dir():
         model = ControlNetModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         if model.config.cross_attention_dim != cross_attention_dim:
@@ -224,6 +210,7 @@ def load_controlnet(
     return place(model, device, dtype)
 
 
+@hub_offline()
 def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, state: Preread = None) -> Any:
     """The IP-Adapter image encoder (``CLIPVisionModelWithProjection``) from a clip_vision file or folder.
 
@@ -232,7 +219,6 @@ def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, sta
     """
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    force_offline()
     if path.is_dir():
         model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
     else:

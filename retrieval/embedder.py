@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InvalidParameterError, ModelNotFoundError
+from ..hub_access import hub_access, hub_offline, process_is_offline
 from .hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -126,11 +128,20 @@ class ClipEmbedder:
     name: str
     fingerprint: str
     device: str = "cpu"
+    folder: Path | None = None
+    """Where the weights were read from; :meth:`release` needs it to load them again."""
+    on_use: Callable[[ClipEmbedder], None] | None = field(default=None, repr=False, compare=False)
+    """Called before every embedding (inside ComfyUI: tell its model management the model is in use)."""
     dim: int = field(init=False)
     precision: str = field(init=False)
+    generation: int = field(default=1, init=False)
+    """Counts loads of the weights (1, then +1 per reload after a release): which model a registration holds."""
+    _dtype: Any = field(init=False, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.dim = int(self.model.config.projection_dim)
+        self._dtype = self.model.dtype
         dtype = str(self.model.dtype).removeprefix("torch.")
         self.precision = {"float16": "fp16", "bfloat16": "bf16"}.get(dtype, "fp32")
 
@@ -160,7 +171,6 @@ class ClipEmbedder:
             InvalidParameterError: an unknown precision.
         """
         import torch
-        from transformers import CLIPModel, CLIPProcessor
 
         if precision not in PRECISIONS:
             raise InvalidParameterError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
@@ -169,17 +179,55 @@ class ClipEmbedder:
         if precision == "auto":
             precision = auto_precision(device)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
-        vocab_size = len(processor.tokenizer)
-        if vocab_size < 256:
-            raise ModelNotFoundError(
-                f"The CLIP tokenizer in {folder} has only {vocab_size} tokens, so its vocab files are missing; "
-                "copy vocab.json and merges.txt (or tokenizer.json) of the model into that folder."
-            )
-        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
-        model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
+        processor = _load_processor(folder)
+        model = _load_model(folder, dtype, device)
         name = str(source) if not Path(source).is_dir() else Path(source).name
-        return cls(model=model, processor=processor, name=name, fingerprint=weights_fingerprint(folder), device=device)
+        return cls(
+            model=model,
+            processor=processor,
+            name=name,
+            fingerprint=weights_fingerprint(folder),
+            device=device,
+            folder=folder,
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (False after :meth:`release` until the next embed)."""
+        return self.model is not None
+
+    def release(self) -> None:
+        """Drop the model's weights so their memory can be reclaimed; the next embed loads them again.
+
+        This is what ComfyUI's "Unload models" calls: libraries keep their embedder, so a later query reloads
+        the same weights from :attr:`folder` at the same precision, with the same :attr:`model_key`.
+
+        Raises:
+            InvalidParameterError: the embedder was built from loaded parts (no folder to load them again from).
+        """
+        with self._lock:
+            if self.model is None:
+                return
+            if self.folder is None:
+                raise InvalidParameterError(
+                    f"The CLIP embedder {self.name!r} was built from loaded parts, so it cannot load them again "
+                    "after a release; build it with ClipEmbedder.load(folder) instead."
+                )
+            self.model = None
+            logger.info("Sketch RAG: released the CLIP model %s", self.name)
+
+    def _ready_model(self) -> Any:
+        """The model, loaded again first if it was released; then the ``on_use`` hook (ComfyUI's bookkeeping)."""
+        with self._lock:
+            model = self.model
+            if model is None:
+                if self.folder is None:  # unreachable through release(), which refuses such embedders
+                    raise InvalidParameterError(f"The CLIP embedder {self.name!r} has no model and no folder.")
+                model = self.model = _load_model(self.folder, self._dtype, self.device)
+                self.generation += 1
+        if self.on_use is not None:
+            self.on_use(self)
+        return model
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 ``(len(texts), dim)`` text embeddings; CLIP reads the first 77 tokens.
@@ -199,8 +247,9 @@ class ClipEmbedder:
                 )
         inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        model = self._ready_model()
         with torch.inference_mode():
-            features = _features(self.model.get_text_features(**inputs))
+            features = _features(model.get_text_features(**inputs))
         return _normalise(features.float().cpu().numpy())
 
     def embed_images(
@@ -214,16 +263,48 @@ class ClipEmbedder:
         import torch
 
         out = np.zeros((len(images), self.dim), dtype=np.float32)
+        if not images:
+            return out
+        model = self._ready_model()
         for start in range(0, len(images), batch_size):
             batch = list(images[start : start + batch_size])
             inputs = self.processor(images=batch, return_tensors="pt")
-            pixels = inputs["pixel_values"].to(self.device, self.model.dtype)
+            pixels = inputs["pixel_values"].to(self.device, model.dtype)
             with torch.inference_mode():
-                features = _features(self.model.get_image_features(pixel_values=pixels))
+                features = _features(model.get_image_features(pixel_values=pixels))
             out[start : start + len(batch)] = _normalise(features.float().cpu().numpy())
             if progress is not None:
                 progress(min(start + batch_size, len(images)), len(images))
         return out
+
+
+def _load_processor(folder: Path) -> Any:
+    """CLIP's tokenizer and image processor from ``folder``, refusing a tokenizer without its vocabulary."""
+    from transformers import CLIPProcessor
+
+    with hub_offline():
+        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+    vocab_size = len(processor.tokenizer)
+    if vocab_size < 256:
+        raise ModelNotFoundError(
+            f"The CLIP tokenizer in {folder} has only {vocab_size} tokens, so its vocab files are missing; "
+            "copy vocab.json and merges.txt (or tokenizer.json) of the model into that folder."
+        )
+    return processor
+
+
+def _load_model(folder: Path, dtype: Any, device: str) -> Any:
+    """The CLIP model's weights from ``folder``, offline, ready for inference on ``device``."""
+    import time
+
+    from transformers import CLIPModel
+
+    start = time.perf_counter()
+    with hub_offline():
+        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
+    logger.info("Sketch RAG: loaded CLIP model from %s in %.2f s", folder, time.perf_counter() - start)
+    return model
 
 
 def _features(output: Any) -> Any:
@@ -247,9 +328,16 @@ def _resolve_model_folder(source: str, search_dirs: Sequence[Path], allow_downlo
 
         patterns = ["*.json", "*.txt", "model.safetensors"]
         try:
-            return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download))
+            with hub_access(allow_download):
+                return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download))
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types; all mean "not available"
             logger.debug("hub lookup of %s failed: %s", source, exc)
+        if allow_download and process_is_offline():
+            raise ModelNotFoundError(
+                f"No CLIP model {source!r} on this machine, and downloading it was allowed but this ComfyUI process "
+                "has HF_HUB_OFFLINE set. Unset HF_HUB_OFFLINE where ComfyUI is started, or put the model folder "
+                f"into {', '.join(str(d) for d in search_dirs) or 'the models folder'}."
+            )
     found = clip_folder_names(search_dirs)
     where = ", ".join(str(d) for d in search_dirs) or "(no models folder given)"
     raise ModelNotFoundError(

@@ -73,3 +73,25 @@ def gradient_style(size: int = 48, flip: bool = False) -> np.ndarray:
 def styles() -> list[np.ndarray]:
     rng = np.random.default_rng(3)
     return [gradient_style(), (rng.random((40, 56, 3)) * 255).astype(np.uint8), gradient_style(64, flip=True)]
+
+
+@pytest.fixture(scope="session")
+def other_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A second tiny checkpoint and ControlNet (another seed): same layout, different weights."""
+    from safetensors.torch import save_file
+
+    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint
+    from sketch_rag.rendering.tiny_sd import build_tiny_sd15
+
+    folder = tmp_path_factory.mktemp("other_models")
+    models = build_tiny_sd15(seed=1)
+    paths = {
+        "checkpoint": folder / "tiny-sd15-seed1.safetensors",
+        "controlnet": folder / "tiny-canny-seed1.safetensors",
+    }
+    save_file(
+        sd15_checkpoint(models["unet"], models["vae"], models["text_encoder"], dtype=torch.float16),
+        str(paths["checkpoint"]),
+    )
+    save_file(controlnet_checkpoint(models["controlnet"], prefix="", dtype=torch.float16), str(paths["controlnet"]))
+    return paths

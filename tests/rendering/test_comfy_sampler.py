@@ -171,3 +171,30 @@ def test_each_ip_adapter_mode_reaches_the_render(comfy: ComfyClient, inputs: tup
     off = [pixels(comfy.run(graph(sketch, style, seed=5, ip_adapter_mode=m, ip_adapter_scale=0.0), "6")[0])
            for m in ("full", "style")]
     assert np.array_equal(off[0], off[1]) and not np.array_equal(off[0], renders["style"])
+
+
+def edge_batch_graph(first: str, second: str | None, style: str, **sampler: Any) -> dict[str, Any]:
+    """The graph above with the sketches ``first`` (and ``second``) batched by core ImageBatch before Canny."""
+    g = graph(first, style, seed=21, **sampler)
+    if second is not None:
+        g["7"] = {"class_type": "LoadImage", "inputs": {"image": second}}
+        g["8"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["7", 0]}}
+        g["2"]["inputs"]["image"] = ["8", 0]
+    return g
+
+
+def test_an_edge_batch_renders_every_edge_map_in_order_batch_size_each(
+    comfy: ComfyClient, inputs: tuple[str, str], example_sketches: list[Path]
+) -> None:
+    house, style = inputs
+    mill = next(p for p in example_sketches if p.stem == "sketch_windmill")
+    windmill = comfy.upload_image(mill.read_bytes(), mill.name)
+
+    both = [pixels(data) for data in comfy.run(edge_batch_graph(house, windmill, style, batch_size=2), "6")]
+    assert len(both) == 4 and len({image.tobytes() for image in both}) == 4
+    house_alone = [pixels(data) for data in comfy.run(edge_batch_graph(house, None, style, batch_size=2), "6")]
+    # The house's edge map comes first, and with the seed's first two noises its images are those it gets alone.
+    assert all(np.array_equal(a, b) for a, b in zip(both[:2], house_alone, strict=True))
+    reversed_order = [pixels(d) for d in comfy.run(edge_batch_graph(windmill, house, style, batch_size=2), "6")]
+    windmill_alone = [pixels(d) for d in comfy.run(edge_batch_graph(windmill, None, style, batch_size=2), "6")]
+    assert all(np.array_equal(a, b) for a, b in zip(reversed_order[:2], windmill_alone, strict=True))

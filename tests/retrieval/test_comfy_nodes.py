@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from PIL import Image
 
 from sketch_rag.cli.comfyui_client import ComfyClient, JobFailed
+from sketch_rag.cli.comfyui_server import ComfyServer
 
 pytestmark = pytest.mark.comfy
 
@@ -82,3 +86,43 @@ def test_retrieve_filter_cache_and_add(comfy: ComfyClient, comfy_base_dir: Path,
 def test_unknown_tag_is_a_clear_error(comfy: ComfyClient) -> None:
     with pytest.raises(JobFailed, match="No style in library"):
         comfy.wait(comfy.queue_prompt(graph(k=1, tag_filter="no-such-tag")), timeout=120)
+
+
+def test_a_query_image_batch_is_refused_with_the_fix(comfy: ComfyClient, example_sketches: list[Path]) -> None:
+    names = [comfy.upload_image(p.read_bytes(), p.name) for p in example_sketches[:2]]
+    batched = graph(k=1, tag_filter="", **{
+        "4": {"class_type": "LoadImage", "inputs": {"image": names[0]}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": names[1]}},
+        "6": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["5", 0]}},
+    })
+    batched["2"]["inputs"]["query_image"] = ["6", 0]
+    with pytest.raises(JobFailed, match="query_image is a batch of 2 images.*ImageFromBatch"):
+        comfy.wait(comfy.queue_prompt(batched), timeout=120)
+    one = graph(k=1, tag_filter="", **{"4": {"class_type": "LoadImage", "inputs": {"image": names[0]}}})
+    one["2"]["inputs"]["query_image"] = ["4", 0]
+    assert len(comfy.wait(comfy.queue_prompt(one), timeout=120)["outputs"]["2"]["text"]) == 1
+
+
+def test_unload_models_frees_the_clip_and_the_next_queue_loads_it_again(
+    comfy: ComfyClient, comfy_server: ComfyServer
+) -> None:
+    def styles(entry: dict[str, Any]) -> list[str]:  # "name  score s" per style (the weights depend on k)
+        return [text.rsplit("  w ", 1)[0] for text in entry["outputs"]["2"]["text"]]
+
+    before = styles(comfy.wait(comfy.queue_prompt(graph(k=2)), timeout=240))
+    loads = comfy_server.log_text().count("Sketch RAG: loaded CLIP model")
+    releases = comfy_server.log_text().count("Sketch RAG: released the CLIP model")
+    request = urllib.request.Request(
+        f"{comfy.url}/free", data=json.dumps({"unload_models": True}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+    deadline = time.monotonic() + 30
+    while comfy_server.log_text().count("Sketch RAG: released the CLIP model") == releases:
+        assert time.monotonic() < deadline, "ComfyUI's unload did not release the Style Library's CLIP"
+        time.sleep(0.2)
+    # k=3 re-runs the retriever (the library node stays cached by ComfyUI): its CLIP loads again, transparently.
+    after = styles(comfy.wait(comfy.queue_prompt(graph(k=3)), timeout=240))
+    assert comfy_server.log_text().count("Sketch RAG: loaded CLIP model") == loads + 1
+    assert after[:2] == before  # same weights again: same styles, same scores
