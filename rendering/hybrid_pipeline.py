@@ -25,6 +25,7 @@ import torch
 from ..errors import InvalidParameterError, ModelNotFoundError, RenderInterruptedError
 from . import loading
 from .images import to_uint8
+from .lora import LoraFusion
 from .model_files import FileKey
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
 
@@ -65,6 +66,8 @@ class PipelineSpec:
     device: str = "cpu"
     attention_slicing: bool = False
     vae_tiling: bool = False
+    loras: tuple[tuple[Path, float], ...] = ()
+    """LoRA files and their strengths, applied in order on top of the checkpoint (see ``lora.py``)."""
 
 
 class PipelineCache:
@@ -76,6 +79,7 @@ class PipelineCache:
         self._pipe: Any = None
         self._pipe_key: Hashable = None
         self._memory_key: Hashable = None
+        self._loras = LoraFusion()
         self.loads: Counter[str] = Counter()
 
     def _slot(
@@ -127,6 +131,9 @@ class PipelineCache:
                 lambda widths: loading.load_sd15(spec.checkpoint, dtype, device, widths),
                 lambda: loading.check_sd15(spec.checkpoint),
             )
+            # LoRAs go into the weights, before the IP-Adapter replaces the attention processors (see lora.py).
+            models = {"unet": sd.unet, "text_encoder": sd.text_encoder}
+            self.loads["lora"] += self._loras.apply(models, spec.loras, spec.checkpoint.name)
             cad = int(sd.unet.config.cross_attention_dim)
             cn_key = (FileKey.of(spec.controlnet), dtype, str(device), cad)
             controlnet = self._slot(
@@ -183,6 +190,7 @@ class PipelineCache:
             if self._slots:
                 log.info("Sketch RAG: released the warm models (%s)", ", ".join(sorted(self._slots)))
             self._slots.clear()
+            self._loras.forget()
             self._pipe = None
             self._pipe_key = None
             self._memory_key = None
