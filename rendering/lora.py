@@ -302,7 +302,8 @@ def check_fits(lora: LoraFile, models: Mapping[str, torch.nn.Module], checkpoint
     Raises:
         ModelMismatchError: a module the checkpoint lacks or a shape that does not fit (another family).
     """
-    cross = int(models["unet"].config.cross_attention_dim)
+    unet: Any = models["unet"]
+    cross = int(unet.config.cross_attention_dim)
     width = _text_width(lora)
     if width is not None and width != cross:
         raise ModelMismatchError(

@@ -68,12 +68,11 @@ def tiny_lora_layers(unet: Any, text_encoder: Any, seed: int = TINY_SEED) -> lis
     g = torch.Generator().manual_seed(seed + 11)
     layers = []
     for component, name, module in _targets(unet, text_encoder):
-        weight = module.weight
-        if isinstance(module, torch.nn.Conv2d):  # kohya: down carries the kernel, up is 1x1
-            down_shape: tuple[int, ...] = (TINY_LORA_RANK, weight.shape[1], *weight.shape[2:])
-            up_shape: tuple[int, ...] = (weight.shape[0], TINY_LORA_RANK, 1, 1)
-        else:
-            down_shape, up_shape = (TINY_LORA_RANK, weight.shape[1]), (weight.shape[0], TINY_LORA_RANK)
+        weight = module.get_parameter("weight")
+        out_features, in_features, *kernel = (int(n) for n in weight.shape)
+        # kohya's conv layers: down carries the kernel, up is 1x1
+        down_shape = (TINY_LORA_RANK, in_features, *kernel)
+        up_shape = (out_features, TINY_LORA_RANK, *([1] * len(kernel)))
         down = torch.randn(down_shape, generator=g) * 0.3
         up = torch.randn(up_shape, generator=g) * 0.3
         layers.append(TinyLoraLayer(component, name, down.half().contiguous(), up.half().contiguous()))
@@ -106,14 +105,14 @@ def write_diffusers(layers: list[TinyLoraLayer], path: Path, alpha: float = TINY
     """The same LoRA through diffusers' own writer (``save_lora_weights``), alpha in its adapter metadata."""
     from diffusers.loaders import StableDiffusionLoraLoaderMixin
 
-    unet: dict[str, torch.Tensor] = {}
-    text: dict[str, torch.Tensor] = {}
+    unet: dict[str, Any] = {}  # diffusers types these as modules or tensors
+    text: dict[str, Any] = {}
     for layer in layers:
         target, module = (unet, layer.module) if layer.component == "unet" else (text, f"text_model.{layer.module}")
         target[f"{module}.lora_A.weight"] = layer.down
         target[f"{module}.lora_B.weight"] = layer.up
 
-    def config(part: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def config(part: dict[str, Any]) -> dict[str, Any]:
         modules = sorted({k.split(".lora_")[0] for k in part})
         return {"r": TINY_LORA_RANK, "lora_alpha": alpha, "target_modules": modules, "alpha_pattern": {}}
 
