@@ -133,7 +133,8 @@ class PipelineCache:
             )
             # LoRAs go into the weights, before the IP-Adapter replaces the attention processors (see lora.py).
             models = {"unet": sd.unet, "text_encoder": sd.text_encoder}
-            self.loads["lora"] += self._loras.apply(models, spec.loras, spec.checkpoint.name)
+            if lora_reads := self._loras.apply(models, spec.loras, spec.checkpoint.name):
+                self.loads["lora"] += lora_reads
             cad = int(sd.unet.config.cross_attention_dim)
             cn_key = (FileKey.of(spec.controlnet), dtype, str(device), cad)
             controlnet = self._slot(

@@ -96,7 +96,10 @@ def check_strength(strength: float, path: Path | str) -> float:
     Raises:
         InvalidParameterError: not a finite number in [-5, 5].
     """
-    value = float(strength)
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = math.nan
     if not math.isfinite(value) or abs(value) > MAX_LORA_STRENGTH:
         raise InvalidParameterError(
             f"LoRA strength for {Path(path).name} is {strength!r}; use a number from {-MAX_LORA_STRENGTH:g} to "
@@ -279,6 +282,12 @@ def read_lora(path: Path) -> LoraFile:
     patches = _read_kohya(path, state) if layout == "kohya" else _read_diffusers(path, state)
     if not patches:
         raise _not_a_lora(path, keys)
+    for patch in patches:  # a NaN fused into the weights would turn every render black
+        if not (torch.isfinite(patch.down).all() and torch.isfinite(patch.up).all()):
+            raise ModelMismatchError(
+                f"{path.name} holds NaN or infinite values in {patch.component}.{patch.module}; the file is damaged. "
+                f"Download it again into {path.parent}."
+            )
     return LoraFile(path, layout, tuple(patches))
 
 

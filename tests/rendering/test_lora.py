@@ -211,3 +211,18 @@ def test_a_lora_for_other_layer_widths_is_refused_with_the_module_named(
     save_file(state, str(wrong))
     with pytest.raises(ModelMismatchError, match=r"48×.* update for unet\.down_blocks\.1\.attentions\.0\..*ff\.net\.2"):
         PipelineCache().get(with_loras(plain_spec, (wrong, 1.0)))
+
+
+def test_a_lora_holding_nan_values_is_refused_as_damaged(
+    plain_spec: PipelineSpec, loras_dir: Path, kohya: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(kohya))
+    state["lora_te_text_model_encoder_layers_1_mlp_fc2.lora_up.weight"][0, 0] = math.nan
+    damaged = loras_dir / "damaged-lora.safetensors"
+    save_file(state, str(damaged))
+    with pytest.raises(
+        ModelMismatchError, match=r"damaged-lora.safetensors holds NaN .* text_encoder\.encoder\.layers\.1"
+    ):
+        PipelineCache().get(with_loras(plain_spec, (damaged, 1.0)))
