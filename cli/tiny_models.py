@@ -10,9 +10,12 @@ from pathlib import Path
 
 
 def write_tiny_models(models_dir: Path) -> list[Path]:
-    """Write the tiny CLIP (retrieval) and the tiny SD1.5 set (rendering) under ``models_dir``."""
-    from ..rendering.tiny_sd import write_tiny_sd_models
+    """Write the tiny CLIP (retrieval), the tiny SD1.5 set (rendering) and its LoRAs under ``models_dir``."""
+    from ..rendering.tiny_lora import write_tiny_loras
+    from ..rendering.tiny_sd import build_tiny_sd15, write_tiny_sd_models
     from ..retrieval.tiny_clip import write_tiny_clip
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    return [*write_tiny_clip(models_dir), *write_tiny_sd_models(models_dir)]
+    written = [*write_tiny_clip(models_dir), *write_tiny_sd_models(models_dir)]
+    sd = build_tiny_sd15()  # the same seed as the files above: the LoRAs need only its layer shapes
+    return [*written, *write_tiny_loras(models_dir / "loras", sd["unet"], sd["text_encoder"])]

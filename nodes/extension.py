@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .lora_node import HybridLoRA
 from .preprocess import CannySketchPreprocessor
 from .retrieval_nodes import RETRIEVAL_NODES
 from .sampler_nodes import HybridPipelineLoader, HybridSampler
@@ -13,4 +14,4 @@ from .sampler_nodes import HybridPipelineLoader, HybridSampler
 class SketchRagExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [CannySketchPreprocessor, *RETRIEVAL_NODES, HybridPipelineLoader, HybridSampler]
+        return [CannySketchPreprocessor, *RETRIEVAL_NODES, HybridPipelineLoader, HybridLoRA, HybridSampler]

@@ -35,6 +35,7 @@ from ..errors import InvalidImageError, InvalidParameterError, ModelNotFoundErro
 from ..hub_access import hub_offline
 from . import loading
 from .images import to_uint8
+from .lora import LoraFusion
 from .model_files import FileKey
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
 
@@ -75,6 +76,8 @@ class PipelineSpec:
     device: str = "cpu"
     attention_slicing: bool = False
     vae_tiling: bool = False
+    loras: tuple[tuple[Path, float], ...] = ()
+    """LoRA files and their strengths, applied in order on top of the checkpoint (see ``lora.py``)."""
 
 
 ReplaceListener = Callable[[str], None]
@@ -102,6 +105,7 @@ class PipelineCache:
         self._memory_key: Hashable = None
         self._generations = itertools.count(1)
         self._listeners: list[ReplaceListener] = []
+        self._loras = LoraFusion()
         self.loads: Counter[str] = Counter()
 
     def add_replace_listener(self, listener: ReplaceListener) -> None:
@@ -182,6 +186,10 @@ class PipelineCache:
                 lambda: loading.check_sd15(spec.checkpoint),
             )
             sd: loading.Sd15Parts = sd_slot.value
+            # LoRAs go into the weights, before the IP-Adapter replaces the attention processors (see lora.py).
+            models = {"unet": sd.unet, "text_encoder": sd.text_encoder}
+            if lora_reads := self._loras.apply(models, spec.loras, spec.checkpoint.name):
+                self.loads["lora"] += lora_reads
             cad = int(sd.unet.config.cross_attention_dim)
             cn_key = (FileKey.of(spec.controlnet), dtype, str(device), cad)
             cn_slot = self._slot(
@@ -245,6 +253,7 @@ class PipelineCache:
             if self._slots:
                 log.info("Sketch RAG: released the warm models (%s)", ", ".join(sorted(self._slots)))
             self._slots.clear()
+            self._loras.forget()
             self._pipe = None
             self._pipe_key = None
             self._memory_key = None

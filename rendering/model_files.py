@@ -28,6 +28,7 @@ WANTED = {
     "ipadapter": "ip-adapter_sd15.safetensors or ip-adapter-plus_sd15.safetensors (h94/IP-Adapter, models/)",
     "clip_vision": "the ViT-H image encoder, h94/IP-Adapter models/image_encoder/model.safetensors "
     "(ComfyUI users name it CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)",
+    "loras": "an SD1.5 LoRA (.safetensors, kohya/A1111 or diffusers layout)",
 }
 
 

@@ -1,0 +1,65 @@
+"""Hybrid LoRA node: adds one LoRA (file + strength) to the Hybrid pipeline; chain it to stack several.
+
+The pipeline travelling between nodes is the engine's ``PipelineSpec``; this node returns a copy with one more
+``(file, strength)`` in ``loras``. The weights are fused here already (the warm checkpoint stays loaded), so a
+wrong file fails on this node, and the sampler finds the stack in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..rendering.lora import MAX_LORA_STRENGTH
+from .common import CATEGORY, NODE_PREFIX
+from .sampler_nodes import HybridPipelineType, _choices, _full_path
+
+LORA_FOLDER = "loras"
+
+
+class HybridLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=f"{NODE_PREFIX}HybridLoRA",
+            display_name="Hybrid LoRA (SD1.5)",
+            category=CATEGORY,
+            description=(
+                "Adds an SD1.5 LoRA from models/loras to the Hybrid pipeline (UNet and text encoder); chain several "
+                "to stack them. Changing the strength or removing the node never reloads the checkpoint."
+            ),
+            inputs=[
+                HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
+                io.Combo.Input(
+                    "lora",
+                    options=_choices(LORA_FOLDER),
+                    tooltip="An SD1.5 LoRA from models/loras, kohya/A1111 or diffusers layout (.safetensors).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-MAX_LORA_STRENGTH,
+                    max=MAX_LORA_STRENGTH,
+                    step=0.05,
+                    tooltip="How strongly the LoRA applies, to UNet and text encoder alike: 1 as trained, 0 off, "
+                    "negative inverts it.",
+                ),
+            ],
+            outputs=[
+                HybridPipelineType.Output(
+                    display_name="pipeline", tooltip="The pipeline with this LoRA, for the sampler or the next LoRA."
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, pipeline: Any, lora: str, strength: float = 1.0) -> io.NodeOutput:
+        from ..rendering.hybrid_pipeline import DEFAULT_CACHE
+        from ..rendering.lora import check_strength
+
+        path = _full_path(LORA_FOLDER, lora)
+        spec = dataclasses.replace(pipeline, loras=(*pipeline.loras, (path, check_strength(strength, path))))
+        DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node
+        return io.NodeOutput(spec)
