@@ -26,7 +26,9 @@ from ..errors import InvalidParameterError, ModelNotFoundError, RenderInterrupte
 from . import loading
 from .images import to_uint8
 from .model_files import FileKey
+from .prompt_embeds import encode_prompts
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
+from .schedulers import SAMPLERS, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -327,15 +329,17 @@ class HybridPipeline:
     def _render(
         self, checked: CheckedRequest, on_step: StepCallback | None, should_stop: StopCheck | None
     ) -> np.ndarray:
-        from diffusers import UniPCMultistepScheduler
         from PIL import Image
 
         pipe = self.pipe
         request = checked.request
+        # diffusers' own rule: guidance_scale <= 1 (LCM/TCD's usual 1.0) skips CFG and the negative prompt.
+        cfg = request.guidance_scale > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+        # Encoded first: a prompt over the token limit is refused before the scheduler is touched.
+        embeds = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, cfg)
         # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(request.sampler, pipe.scheduler.config, request.seed)
         control = Image.fromarray(to_uint8(checked.control_image))
-        cfg = request.guidance_scale > 1.0
         kwargs: dict[str, Any] = {}
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
@@ -343,16 +347,18 @@ class HybridPipeline:
         total = request.num_inference_steps
 
         def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            # Second-order samplers (dpmpp_sde) evaluate the UNet twice per step: count model evaluations.
+            evaluations = int(_pipe.num_timesteps)
             if on_step is not None:
-                on_step(step + 1, total, tensors["latents"])
+                on_step(step + 1, evaluations, tensors["latents"])
             if should_stop is not None and should_stop():
-                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {total}.")
+                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {evaluations}.")
             return tensors
 
         generator = torch.Generator("cpu").manual_seed(request.seed)
         result = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            prompt_embeds=embeds.positive,
+            negative_prompt_embeds=embeds.negative,
             image=control,
             width=checked.width,
             height=checked.height,
@@ -363,6 +369,7 @@ class HybridPipeline:
             control_guidance_end=request.control_guidance_end,
             num_images_per_prompt=request.num_images_per_prompt,
             generator=generator,
+            eta=SAMPLERS[request.sampler].eta,
             output_type="np",
             callback_on_step_end=step_end,
             **kwargs,
