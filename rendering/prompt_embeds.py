@@ -74,7 +74,10 @@ def encode_chunk(text_encoder: Any, input_ids: torch.Tensor, clip_skip: int) -> 
     if clip_skip == 1:
         return text_encoder(ids, attention_mask=None)[0]
     hidden = text_encoder(ids, attention_mask=None, output_hidden_states=True).hidden_states[-clip_skip]
-    return text_encoder.text_model.final_layer_norm(hidden)
+    # transformers 5 flattened CLIPTextModel (no ``text_model`` any more), which is why diffusers 0.42's own
+    # ``clip_skip`` raises AttributeError there; 4.x keeps the norm one level down.
+    final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return final_layer_norm(hidden)
 
 
 def encode_text(tokenizer: Any, text_encoder: Any, text: str, clip_skip: int, what: str = "prompt") -> torch.Tensor:

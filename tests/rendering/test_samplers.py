@@ -181,9 +181,8 @@ def test_an_unknown_sampler_or_clip_skip_is_refused_before_sampling_and_the_pipe
     good = full.render(request(edge_image, styles[:1], num_inference_steps=2))
     steps: list[int] = []
     with pytest.raises(InvalidParameterError, match=expected):
-        full.render(
-            request(edge_image, styles[:1], **{"num_inference_steps": 2, **changes}), on_step=lambda i, n, x: steps.append(i)
-        )
+        bad = request(edge_image, styles[:1], **{"num_inference_steps": 2, **changes})
+        full.render(bad, on_step=lambda i, n, x: steps.append(i))
     assert steps == []
     assert np.array_equal(full.render(request(edge_image, styles[:1], num_inference_steps=2)), good)
 
