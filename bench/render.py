@@ -141,7 +141,7 @@ def measure(run: Callable[[], Any], device: torch.device) -> tuple[float, int]:
 
 def side_by_side(
     ours: Callable[[], Any], plain: Callable[[], Any], device: torch.device, repeats: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Interleaved pairs (ours/plain, then plain/ours, ...) so drift of the machine hits both sides alike.
 
     The ratio is the median of the per-pair ratios; ``ratio_halves`` is that median over the first and the
