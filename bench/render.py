@@ -7,8 +7,12 @@ through the engine (``PipelineCache``), then times ``HybridPipeline.render`` aga
 
     python bench/render.py                                     # CPU: 128 px, 4 steps, batch 1
     python bench/render.py --device cuda --size 512 --steps 20 --batch 1 4
+    python bench/render.py --lcm-row --repeats 4               # + 4-step lcm against 20-step uni_pc
 
-Ends with one JSON line: device, overhead_ratio, peak_mem_ratio, warm_loads, s_per_image (+ details).
+Ends with one JSON line: device, overhead_ratio, peak_mem_ratio, warm_loads, s_per_image (+ details); with
+``--lcm-row`` also ``lcm_row``: the few-step path (lcm, 4 steps, CFG 1 = no CFG batch) against the default
+(uni_pc, 20 steps, CFG 7.5) at the same size through the engine (goal: >= 4x faster), and against plain
+diffusers with ``LCMScheduler`` doing the same 4 steps (our overhead).
 """
 
 from __future__ import annotations
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8, help="interleaved pairs per batch size")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--models-dir", type=Path, default=None, help="reuse full-size files written here before")
+    parser.add_argument("--lcm-row", action="store_true", help="add the 4-step lcm vs 20-step uni_pc row")
+    parser.add_argument("--lcm-guidance", type=float, default=1.0, help="CFG of the lcm side (1 skips CFG)")
     args = parser.parse_args()
     device = torch.device(args.device)
     size = args.size or (512 if device.type == "cuda" else 128)
@@ -284,6 +290,12 @@ def main() -> None:
         }
         print(f"batch {batch}: {results[str(batch)]}")
 
+    lcm_row = (
+        few_step_row(cache, spec, plain, edges, style, size, args.lcm_guidance, device, args.repeats)
+        if args.lcm_row
+        else None
+    )
+
     first = results[str(args.batch[0])]
     print(
         json.dumps(
@@ -301,11 +313,87 @@ def main() -> None:
                 "dtype": str(hybrid.pipe.unet.dtype).replace("torch.", ""),
                 "cold_load_s": round(load_s, 2),
                 "by_batch": results,
+                **({"lcm_row": lcm_row} if lcm_row is not None else {}),
             }
         )
     )
     if tmp is not None:
         tmp.cleanup()
+
+
+LCM_STEPS, DEFAULT_RENDER_STEPS = 4, 20
+
+
+def few_step_row(
+    cache: PipelineCache,
+    spec: PipelineSpec,
+    plain: Any,
+    edges: np.ndarray,
+    style: np.ndarray,
+    size: int,
+    lcm_guidance: float,
+    device: torch.device,
+    repeats: int,
+) -> dict[str, Any]:
+    """4-step lcm vs 20-step uni_pc through the engine, and 4-step lcm ours vs plain diffusers, side by side."""
+    from diffusers import LCMScheduler
+    from PIL import Image
+
+    def engine(sampler: str, steps: int, guidance: float) -> Callable[[], Any]:
+        request = RenderRequest(
+            "a watercolor house",
+            edges,
+            [style],
+            negative_prompt="blurry",
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=size,
+            height=size,
+            ip_adapter_scale=0.8,
+            ip_adapter_mode=IpAdapterMode.FULL,
+            sampler=sampler,
+        )
+        return lambda: cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
+
+    lcm = engine("lcm", LCM_STEPS, lcm_guidance)
+    unipc = engine("uni_pc", DEFAULT_RENDER_STEPS, 7.5)
+
+    def plain_lcm() -> Any:
+        plain.scheduler = LCMScheduler.from_config(plain.scheduler.config)
+        plain.set_ip_adapter_scale(0.8)
+        with torch.inference_mode():
+            return plain(
+                "a watercolor house",
+                negative_prompt="blurry",
+                image=Image.fromarray(edges).convert("RGB"),
+                ip_adapter_image=Image.fromarray(style),
+                num_inference_steps=LCM_STEPS,
+                height=size,
+                width=size,
+                guidance_scale=lcm_guidance,
+                controlnet_conditioning_scale=1.5,
+                generator=torch.Generator().manual_seed(0),
+                output_type="np",
+            ).images
+
+    lcm(), unipc(), plain_lcm()  # warm-up of each path
+    speed = side_by_side(lcm, unipc, device, repeats)
+    overhead = side_by_side(lcm, plain_lcm, device, repeats)
+    row = {
+        "lcm_steps": LCM_STEPS,
+        "lcm_guidance": lcm_guidance,
+        "uni_pc_steps": DEFAULT_RENDER_STEPS,
+        "uni_pc_guidance": 7.5,
+        "lcm_s": round(speed["ours_s"], 3),
+        "uni_pc_s": round(speed["plain_s"], 3),
+        "speedup": round(1 / speed["ratio"], 3),  # median of per-pair uni_pc/lcm
+        "speedup_halves": [round(1 / r, 3) for r in speed["ratio_halves"]],
+        "plain_lcm_s": round(overhead["plain_s"], 3),
+        "overhead_ratio": round(overhead["ratio"], 4),
+        "overhead_ratio_halves": overhead["ratio_halves"],
+    }
+    print(f"lcm row: {row}")
+    return row
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ..errors import InvalidParameterError, ModelNotFoundError
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``render`` command."""
     from ..rendering import render_request as rr
+    from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
     from .main import DEFAULT_HOME
 
     render = commands.add_parser("render", help="render a sketch in a style (SD1.5 + ControlNet + IP-Adapter)")
@@ -44,6 +45,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         choices=[m.value for m in rr.IpAdapterMode],
         default="style",
         help="IP-Adapter blocks: style (default), composition, style_and_composition, full",
+    )
+    render.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default=DEFAULT_SAMPLER,
+        help="ComfyUI's sampler names (default uni_pc); lcm/tcd: --steps 4-8 --guidance-scale 1-2, LCM/TCD LoRA",
+    )
+    render.add_argument(
+        "--clip-skip",
+        type=int,
+        choices=rr.CLIP_SKIP_CHOICES,
+        default=1,
+        help="1: CLIP's last layer (default); 2: the penultimate (ComfyUI's CLIP Set Last Layer -2)",
     )
     render.add_argument("--width", type=int, default=0, help="multiple of 8; 0 follows the sketch's aspect")
     render.add_argument("--height", type=int, default=0, help="multiple of 8; 0 follows the sketch's aspect")
@@ -130,6 +144,8 @@ def _render(args: argparse.Namespace) -> int:
         seed=args.seed,
         width=args.width,
         height=args.height,
+        sampler=args.sampler,
+        clip_skip=args.clip_skip,
     )
     start = time.perf_counter()
     pipeline = DEFAULT_CACHE.get(spec)
@@ -146,6 +162,8 @@ def _render(args: argparse.Namespace) -> int:
         "height": int(image.shape[0]),
         "seed": args.seed,
         "steps": args.steps,
+        "sampler": args.sampler,
+        "clip_skip": args.clip_skip,
         "checkpoint": spec.checkpoint.name,
         "controlnet": spec.controlnet.name,
         "ip_adapter": spec.ip_adapter.name if spec.ip_adapter else None,

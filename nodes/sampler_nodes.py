@@ -15,6 +15,7 @@ import torch
 from comfy_api.latest import io
 
 from ..rendering import render_request as rr
+from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .common import CATEGORY, NODE_PREFIX
 from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
@@ -224,7 +225,7 @@ class HybridSampler(io.ComfyNode):
                     default=rr.DEFAULT_STEPS,
                     min=1,
                     max=rr.MAX_STEPS,
-                    tooltip="Denoising steps (UniPC); 20 is plenty for SD1.5.",
+                    tooltip="Denoising steps; 20 is plenty for SD1.5 with uni_pc, 4-8 with lcm/tcd.",
                 ),
                 io.Float.Input(
                     "guidance_scale",
@@ -266,6 +267,25 @@ class HybridSampler(io.ComfyNode):
                     tooltip="Images per edge map. One seed serves the whole output batch, as in KSampler: the same "
                     "seed, edges and batch_size give the same images.",
                 ),
+                # Optional, after every older widget: saved workflows (UI and API format) load unchanged.
+                io.Combo.Input(
+                    "sampler",
+                    options=list(SAMPLER_NAMES),
+                    default=DEFAULT_SAMPLER,
+                    optional=True,
+                    tooltip="ComfyUI's sampler names (dpmpp_2m_karras = dpmpp_2m with the karras schedule). uni_pc "
+                    "(default) or dpmpp_2m_karras at 20 steps; lcm/tcd at 4-8 steps with CFG 1-2 and an LCM/TCD "
+                    "LoRA or checkpoint; euler_ancestral and dpmpp_sde_karras add fresh noise each step.",
+                ),
+                io.Int.Input(
+                    "clip_skip",
+                    default=1,
+                    min=1,
+                    max=2,
+                    optional=True,
+                    tooltip="1: CLIP's last layer (SD1.5's default); 2: the penultimate, for checkpoints trained "
+                    "with it (many anime models). Same as ComfyUI's CLIP Set Last Layer at -1 / -2.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
         )
@@ -290,6 +310,8 @@ class HybridSampler(io.ComfyNode):
         width: int = 0,
         height: int = 0,
         batch_size: int = 1,
+        sampler: str = DEFAULT_SAMPLER,
+        clip_skip: int = 1,
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
@@ -315,6 +337,8 @@ class HybridSampler(io.ComfyNode):
             width=width,
             height=height,
             num_images_per_prompt=batch_size,
+            sampler=sampler,
+            clip_skip=clip_skip,
         )
         hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
         register_with_model_management(hybrid)

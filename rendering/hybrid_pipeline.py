@@ -37,7 +37,9 @@ from . import loading
 from .images import to_uint8
 from .lora import LoraFusion
 from .model_files import FileKey
+from .prompt_embeds import encode_prompts
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
+from .schedulers import SAMPLERS, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -413,22 +415,21 @@ class HybridPipeline:
             for image in control_images
         ]
         per_edge = request.num_images_per_prompt
-        steps = request.num_inference_steps
         with self.cache.lock, torch.inference_mode():
             pipe = self._refresh(self.cache.get(self.spec))  # held strongly for the render
             try:
-                noise = _initial_noise(pipe, checked[0], len(checked) * per_edge)
+                noise, generator = _initial_noise(pipe, checked[0], len(checked) * per_edge)
                 outputs = []
                 for index, one in enumerate(checked):
-                    done = index * steps
 
-                    def step(i: int, _n: int, latents: torch.Tensor, done: int = done) -> None:
+                    # n: the UNet evaluations of one edge map (two per step for second-order samplers).
+                    def step(i: int, n: int, latents: torch.Tensor, index: int = index) -> None:
                         if on_step is not None:
-                            on_step(done + i, steps * len(checked), latents)
+                            on_step(index * n + i, n * len(checked), latents)
 
                     which = f" (edge map {index + 1} of {len(checked)})" if len(checked) > 1 else ""
                     latents = noise[index * per_edge : (index + 1) * per_edge]
-                    outputs.append(self._render(pipe, one, step, should_stop, latents, which))
+                    outputs.append(self._render(pipe, one, step, should_stop, latents, generator, which))
                 return np.concatenate(outputs)
             except torch.OutOfMemoryError as exc:
                 gc.collect()
@@ -464,16 +465,19 @@ class HybridPipeline:
         on_step: StepCallback | None,
         should_stop: StopCheck | None,
         latents: torch.Tensor,
+        generator: torch.Generator,
         which: str,
     ) -> np.ndarray:
-        from diffusers import UniPCMultistepScheduler
         from PIL import Image
 
         request = checked.request
+        # diffusers' own rule: guidance_scale <= 1 (LCM/TCD's usual 1.0) skips CFG and the negative prompt.
+        cfg = request.guidance_scale > 1.0 and pipe.unet.config.time_cond_proj_dim is None
+        # Encoded first: a prompt over the token limit is refused before the scheduler is touched.
+        embeds = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, cfg)
         # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(request.sampler, pipe.scheduler.config, request.seed)
         control = Image.fromarray(to_uint8(checked.control_image))
-        cfg = request.guidance_scale > 1.0
         kwargs: dict[str, Any] = {}
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
@@ -481,15 +485,17 @@ class HybridPipeline:
         total = request.num_inference_steps
 
         def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            # Second-order samplers (dpmpp_sde) evaluate the UNet twice per step: count model evaluations.
+            evaluations = int(_pipe.num_timesteps)
             if on_step is not None:
-                on_step(step + 1, total, tensors["latents"])
+                on_step(step + 1, evaluations, tensors["latents"])
             if should_stop is not None and should_stop():
-                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {total}{which}.")
+                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {evaluations}{which}.")
             return tensors
 
         result = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            prompt_embeds=embeds.positive,
+            negative_prompt_embeds=embeds.negative,
             image=control,
             width=checked.width,
             height=checked.height,
@@ -500,6 +506,8 @@ class HybridPipeline:
             control_guidance_end=request.control_guidance_end,
             num_images_per_prompt=request.num_images_per_prompt,
             latents=latents,
+            generator=generator,  # the noise stochastic samplers add each step, continuing the seed's stream
+            eta=SAMPLERS[request.sampler].eta,
             output_type="np",
             callback_on_step_end=step_end,
             **kwargs,
@@ -507,14 +515,16 @@ class HybridPipeline:
         return np.asarray(result.images, dtype=np.float32)
 
 
-def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> torch.Tensor:
+def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> tuple[torch.Tensor, torch.Generator]:
     """The starting latents of ``images`` images: one draw per image, one after another, from the seed.
 
     Drawing per image makes image ``j``'s noise depend on the seed and ``j`` only: torch's CPU ``randn`` of a
     whole batch at once gives the first image other values than a draw of one image at some sizes (its
     vectorised path works in blocks of 16), so a batch-at-once draw would not keep the promise that the
     first images of a batch are those of a smaller batch. A single image is drawn exactly as diffusers draws
-    it (same generator, shape, device and dtype), so one image per run renders as it always did.
+    it (same generator, shape, device and dtype), so one image per run renders as it always did. The generator
+    is returned too: stochastic samplers draw their per-step noise from it, after the starting latents, as
+    diffusers does when it draws the latents itself.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -526,7 +536,8 @@ def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> torch.Ten
     )
     generator = torch.Generator("cpu").manual_seed(checked.request.seed)
     device, dtype = pipe._execution_device, pipe.text_encoder.dtype
-    return torch.cat([randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(images)])
+    noise = torch.cat([randn_tensor(shape, generator=generator, device=device, dtype=dtype) for _ in range(images)])
+    return noise, generator
 
 
 DEFAULT_CACHE = PipelineCache()

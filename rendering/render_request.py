@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidParameterError
 from .images import check_image_array, to_float_image
+from .schedulers import DEFAULT_SAMPLER, check_sampler
 
 DEFAULT_STEPS = 20
 MAX_STEPS = 500
@@ -31,6 +32,8 @@ MAX_BATCH = 16
 MAX_PIXELS_PER_RUN = 4 * 1024 * 1024  # width * height * batch; beyond this a 24 GB GPU runs out in attention
 ASPECT_TOLERANCE = 0.05  # a 5% stretch of the edge map is invisible; more distorts the sketch's geometry
 MAX_SEED = 2**64 - 1
+CLIP_SKIP_CHOICES = (1, 2)  # 1: CLIP's last layer (SD1.5's default); 2: the penultimate (see prompt_embeds)
+MAX_PROMPT_CHARS = 10_000  # far above the 600-token limit; stops a megabyte prompt before it is tokenized
 
 
 class IpAdapterMode(str, Enum):
@@ -75,7 +78,8 @@ class RenderRequest:
     """One render: prompt, edge map, style references and sampler settings (diffusers' argument names).
 
     Images are numpy arrays ``(H, W)`` or ``(H, W, C)``, uint8 or float in [0, 1]. ``width``/``height`` of 0
-    follow the edge map's aspect with a short side of ``DEFAULT_SHORT_SIDE``.
+    follow the edge map's aspect with a short side of ``DEFAULT_SHORT_SIDE``. ``sampler`` is one of
+    :data:`schedulers.SAMPLER_NAMES` (ComfyUI's names); ``clip_skip`` 1 uses CLIP's last layer, 2 its penultimate.
     """
 
     prompt: str
@@ -94,6 +98,8 @@ class RenderRequest:
     width: int = 0
     height: int = 0
     num_images_per_prompt: int = 1
+    sampler: str = DEFAULT_SAMPLER
+    clip_skip: int = 1
 
 
 def _number(name: str, value: float, low: float, high: float, fix: str) -> None:
@@ -175,11 +181,23 @@ def check_request(request: RenderRequest, has_ip_adapter: bool) -> CheckedReques
     """
     if not isinstance(request.prompt, str) or not isinstance(request.negative_prompt, str):
         raise InvalidParameterError("prompt and negative_prompt must be text.")
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidParameterError(
+                f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS} (and 600 CLIP tokens). "
+                "Shorten it."
+            )
     steps = request.num_inference_steps
     if not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise InvalidParameterError(
             f"num_inference_steps is {steps!r}; it must be a whole number from 1 to {MAX_STEPS} "
-            f"({DEFAULT_STEPS} is a good default for SD1.5 with this scheduler)."
+            f"({DEFAULT_STEPS} is a good default for SD1.5; 4-8 for lcm/tcd)."
+        )
+    check_sampler(request.sampler, steps)
+    if isinstance(request.clip_skip, bool) or request.clip_skip not in CLIP_SKIP_CHOICES:
+        raise InvalidParameterError(
+            f"clip_skip is {request.clip_skip!r}; use 1 (CLIP's last layer, SD1.5's default) or 2 (the penultimate "
+            "layer, for checkpoints trained with it, e.g. many anime models)."
         )
     _number("guidance_scale", request.guidance_scale, 0.0, MAX_GUIDANCE_SCALE, "7.5 is the usual CFG for SD1.5.")
     _number(
