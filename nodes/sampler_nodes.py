@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from ..rendering import render_request as rr
 from .common import CATEGORY, NODE_PREFIX
-from .tensors import arrays_to_image_batch, image_batch_to_arrays
+from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
 
 HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
 
@@ -256,6 +256,56 @@ class HybridSampler(io.ComfyNode):
                     tooltip="Output height (multiple of 8); 0 follows the edge map's aspect.",
                 ),
                 io.Int.Input("batch_size", default=1, min=1, max=rr.MAX_BATCH, tooltip="Images per run."),
+                # Added after the first release: optional, so workflows saved before them load and validate as is.
+                io.Float.Input(
+                    "upscale",
+                    default=1.0,
+                    min=1.0,
+                    max=rr.MAX_UPSCALE,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Above 1: render at the base size, upscale the image (Lanczos, in pixels) and refine it "
+                    "in a second pass at hires_denoise, e.g. 2 for 1024 px from a 512 px render. SD1.5 asked for "
+                    "1024 px directly tends to repeat the subject; this keeps the base render's layout.",
+                ),
+                io.Float.Input(
+                    "hires_denoise",
+                    default=rr.DEFAULT_HIRES_DENOISE,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="How much the hires pass may change: low keeps the base render, high re-invents detail.",
+                ),
+                io.Int.Input(
+                    "hires_steps",
+                    default=0,
+                    min=0,
+                    max=rr.MAX_STEPS,
+                    optional=True,
+                    tooltip="Steps of the hires pass before hires_denoise shortens them; 0 = num_inference_steps.",
+                ),
+                io.Image.Input(
+                    "init_image",
+                    optional=True,
+                    tooltip="With a mask: the image to change; only the masked region is re-rendered, every other "
+                    "pixel stays exactly as it is. Same size as the edge map.",
+                ),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Where to re-render the init image (1 = re-render, 0 = keep; soft edges blend).",
+                ),
+                io.Float.Input(
+                    "inpaint_denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="How much the masked region may change: 1 re-renders it from scratch, lower keeps its "
+                    "colours and rough shapes.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
         )
@@ -280,6 +330,12 @@ class HybridSampler(io.ComfyNode):
         width: int = 0,
         height: int = 0,
         batch_size: int = 1,
+        upscale: float = 1.0,
+        hires_denoise: float = rr.DEFAULT_HIRES_DENOISE,
+        hires_steps: int = 0,
+        init_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        inpaint_denoise: float = 1.0,
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
@@ -305,6 +361,12 @@ class HybridSampler(io.ComfyNode):
             width=width,
             height=height,
             num_images_per_prompt=batch_size,
+            upscale=upscale,
+            hires_denoise=hires_denoise,
+            hires_steps=hires_steps,
+            init_image=single_image(init_image, "init_image"),
+            mask=single_mask(mask),
+            inpaint_denoise=inpaint_denoise,
         )
         hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
         register_with_model_management(DEFAULT_CACHE, hybrid)

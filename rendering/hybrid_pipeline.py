@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError, ModelNotFoundError, RenderInterruptedError
-from . import loading
+from . import loading, refine
 from .images import to_uint8
 from .model_files import FileKey
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
@@ -327,47 +327,100 @@ class HybridPipeline:
     def _render(
         self, checked: CheckedRequest, on_step: StepCallback | None, should_stop: StopCheck | None
     ) -> np.ndarray:
-        from diffusers import UniPCMultistepScheduler
         from PIL import Image
 
         pipe = self.pipe
         request = checked.request
-        # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
-        pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
         control = Image.fromarray(to_uint8(checked.control_image))
         cfg = request.guidance_scale > 1.0
-        kwargs: dict[str, Any] = {}
+        total = checked.steps_total
+        common: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt or None,
+            "control_image": control,
+            "guidance_scale": request.guidance_scale,
+            "controlnet_conditioning_scale": request.controlnet_conditioning_scale,
+            "control_guidance_start": request.control_guidance_start,
+            "control_guidance_end": request.control_guidance_end,
+            "num_images_per_prompt": request.num_images_per_prompt,
+            "output_type": "np",
+        }
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
-            kwargs["ip_adapter_image_embeds"] = self._style_embeds(checked, cfg)
-        total = request.num_inference_steps
+            common["ip_adapter_image_embeds"] = self._style_embeds(checked, cfg)
 
-        def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if on_step is not None:
-                on_step(step + 1, total, tensors["latents"])
-            if should_stop is not None and should_stop():
-                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {total}.")
-            return tensors
+        def steps_from(done_before: int) -> Callable[..., dict[str, Any]]:
+            """diffusers' step-end callback, counting on from the steps of the passes before this one."""
 
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        result = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            image=control,
-            width=checked.width,
-            height=checked.height,
-            num_inference_steps=total,
-            guidance_scale=request.guidance_scale,
-            controlnet_conditioning_scale=request.controlnet_conditioning_scale,
-            control_guidance_start=request.control_guidance_start,
-            control_guidance_end=request.control_guidance_end,
-            num_images_per_prompt=request.num_images_per_prompt,
-            generator=generator,
-            output_type="np",
-            callback_on_step_end=step_end,
-            **kwargs,
+            def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                done = done_before + step + 1
+                if on_step is not None:
+                    on_step(done, total, tensors["latents"])
+                if should_stop is not None and should_stop():
+                    raise RenderInterruptedError(f"Rendering stopped after step {done} of {total}.")
+                return tensors
+
+            return step_end
+
+        def run(target: Any, steps: int, done_before: int, **kwargs: Any) -> np.ndarray:
+            # A fresh scheduler per pass: an interrupted run leaves no half-stepped state behind.
+            target.scheduler = _fresh_scheduler(pipe)
+            options = {**common, **kwargs}
+            if target is pipe:  # the text-to-image ControlNet pipeline calls its control input "image"
+                options["image"] = options.pop("control_image")
+            result = target(
+                num_inference_steps=steps,
+                generator=torch.Generator("cpu").manual_seed(request.seed),
+                callback_on_step_end=steps_from(done_before),
+                **options,
+            )
+            return np.asarray(result.images, dtype=np.float32)
+
+        if checked.init_image is not None and checked.mask is not None:
+            return self._inpaint(checked, run)
+        images = run(pipe, request.num_inference_steps, 0, width=checked.width, height=checked.height)
+        if not checked.hires_width:
+            return images
+        # Hires pass: the base render upscaled in pixel space and refined at partial denoise (see refine.py).
+        return run(
+            refine.derived_pipeline(pipe, "img2img"),
+            request.hires_steps or request.num_inference_steps,
+            request.num_inference_steps,
+            image=refine.upscaled(images, checked.hires_width, checked.hires_height),
+            strength=request.hires_denoise,
+            width=checked.hires_width,
+            height=checked.hires_height,
         )
-        return np.asarray(result.images, dtype=np.float32)
+
+    def _inpaint(self, checked: CheckedRequest, run: Callable[..., np.ndarray]) -> np.ndarray:
+        """Re-render the masked region at the render size, then lay it back over the init image at its own size.
+
+        Only the masked pixels can change: the blend after decoding keeps every unmasked pixel of the init image
+        exactly, whatever the VAE's round trip did to them.
+        """
+        from PIL import Image
+
+        assert checked.init_image is not None and checked.mask is not None  # the caller checked
+        init, mask = checked.init_image, checked.mask
+        width, height = checked.width, checked.height
+        renders = run(
+            refine.derived_pipeline(self.pipe, "inpaint"),
+            checked.request.num_inference_steps,
+            0,
+            image=Image.fromarray(to_uint8(init)),
+            mask_image=Image.fromarray(to_uint8(mask)),
+            strength=checked.request.inpaint_denoise,
+            width=width,
+            height=height,
+        )
+        renders = np.stack([refine.resized_float(r, init.shape[1], init.shape[0]) for r in renders])
+        return refine.blend_into(init, renders, mask)
+
+
+def _fresh_scheduler(pipe: Any) -> Any:
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler.from_config(pipe.scheduler.config)
 
 
 DEFAULT_CACHE = PipelineCache()
