@@ -18,7 +18,7 @@ from ..rendering import render_request as rr
 from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .common import CATEGORY, NODE_PREFIX
 from .managed_models import ManagedModels
-from .tensors import arrays_to_image_batch, image_batch_to_arrays
+from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
 
 HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
 
@@ -286,6 +286,55 @@ class HybridSampler(io.ComfyNode):
                     tooltip="1: CLIP's last layer (SD1.5's default); 2: the penultimate, for checkpoints trained "
                     "with it (many anime models). Same as ComfyUI's CLIP Set Last Layer at -1 / -2.",
                 ),
+                io.Float.Input(
+                    "upscale",
+                    default=1.0,
+                    min=1.0,
+                    max=rr.MAX_UPSCALE,
+                    step=0.05,
+                    optional=True,
+                    tooltip="Above 1: render at the base size, upscale the image (Lanczos, in pixels) and refine it "
+                    "in a second pass at hires_denoise, e.g. 2 for 1024 px from a 512 px render. SD1.5 asked for "
+                    "1024 px directly tends to repeat the subject; this keeps the base render's layout.",
+                ),
+                io.Float.Input(
+                    "hires_denoise",
+                    default=rr.DEFAULT_HIRES_DENOISE,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="How much the hires pass may change: low keeps the base render, high re-invents detail.",
+                ),
+                io.Int.Input(
+                    "hires_steps",
+                    default=0,
+                    min=0,
+                    max=rr.MAX_STEPS,
+                    optional=True,
+                    tooltip="Steps of the hires pass before hires_denoise shortens them; 0 = num_inference_steps.",
+                ),
+                io.Image.Input(
+                    "init_image",
+                    optional=True,
+                    tooltip="With a mask: the image to change; only the masked region is re-rendered, every other "
+                    "pixel stays exactly as it is. Same size as the edge map.",
+                ),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip="Where to re-render the init image (1 = re-render, 0 = keep; soft edges blend).",
+                ),
+                io.Float.Input(
+                    "inpaint_denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    optional=True,
+                    tooltip="How much the masked region may change: 1 re-renders it from scratch, lower keeps its "
+                    "colours and rough shapes.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
         )
@@ -312,6 +361,12 @@ class HybridSampler(io.ComfyNode):
         batch_size: int = 1,
         sampler: str = DEFAULT_SAMPLER,
         clip_skip: int = 1,
+        upscale: float = 1.0,
+        hires_denoise: float = rr.DEFAULT_HIRES_DENOISE,
+        hires_steps: int = 0,
+        init_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        inpaint_denoise: float = 1.0,
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
@@ -339,6 +394,12 @@ class HybridSampler(io.ComfyNode):
             num_images_per_prompt=batch_size,
             sampler=sampler,
             clip_skip=clip_skip,
+            upscale=upscale,
+            hires_denoise=hires_denoise,
+            hires_steps=hires_steps,
+            init_image=single_image(init_image, "init_image"),
+            mask=single_mask(mask),
+            inpaint_denoise=inpaint_denoise,
         )
         hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
         register_with_model_management(hybrid)

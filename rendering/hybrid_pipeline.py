@@ -33,7 +33,7 @@ import torch
 
 from ..errors import InvalidImageError, InvalidParameterError, ModelNotFoundError, RenderInterruptedError
 from ..hub_access import hub_offline
-from . import loading
+from . import loading, refine
 from .images import to_uint8
 from .lora import LoraFusion
 from .model_files import FileKey
@@ -468,6 +468,7 @@ class HybridPipeline:
         generator: torch.Generator,
         which: str,
     ) -> np.ndarray:
+        """One edge map's render: the base pass, then the hires pass if asked, or the inpaint pass instead."""
         from PIL import Image
 
         request = checked.request
@@ -475,44 +476,91 @@ class HybridPipeline:
         cfg = request.guidance_scale > 1.0 and pipe.unet.config.time_cond_proj_dim is None
         # Encoded first: a prompt over the token limit is refused before the scheduler is touched.
         embeds = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, cfg)
-        # A fresh scheduler per run: an interrupted run leaves no half-stepped state behind.
-        pipe.scheduler = make_scheduler(request.sampler, pipe.scheduler.config, request.seed)
-        control = Image.fromarray(to_uint8(checked.control_image))
-        kwargs: dict[str, Any] = {}
+        common: dict[str, Any] = {
+            "prompt_embeds": embeds.positive,
+            "negative_prompt_embeds": embeds.negative,
+            "guidance_scale": request.guidance_scale,
+            "controlnet_conditioning_scale": request.controlnet_conditioning_scale,
+            "control_guidance_start": request.control_guidance_start,
+            "control_guidance_end": request.control_guidance_end,
+            "num_images_per_prompt": request.num_images_per_prompt,
+            "generator": generator,  # the noise stochastic samplers add each step, continuing the seed's stream
+            "eta": SAMPLERS[request.sampler].eta,
+            "output_type": "np",
+        }
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
-            kwargs["ip_adapter_image_embeds"] = self._style_embeds(pipe, checked, cfg)
-        total = request.num_inference_steps
+            common["ip_adapter_image_embeds"] = self._style_embeds(pipe, checked, cfg)
+        control = Image.fromarray(to_uint8(checked.control_image))
+        steps = request.num_inference_steps
+        second_steps = (
+            refine.denoised_steps(request.hires_steps or steps, request.hires_denoise) if checked.hires_width else 0
+        )
+        done_before = [0]  # UNet evaluations of the passes before the running one
 
         def step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            # Second-order samplers (dpmpp_sde) evaluate the UNet twice per step: count model evaluations.
+            # Second-order samplers (dpmpp_sde) evaluate the UNet twice per step: count model evaluations. While
+            # the base pass runs, the hires pass's count is estimated at the same evaluations per step.
             evaluations = int(_pipe.num_timesteps)
+            later = round(second_steps * evaluations / steps) if done_before[0] == 0 else 0
+            done, total = done_before[0] + step + 1, done_before[0] + evaluations + later
             if on_step is not None:
-                on_step(step + 1, evaluations, tensors["latents"])
+                on_step(done, total, tensors["latents"])
             if should_stop is not None and should_stop():
-                raise RenderInterruptedError(f"Rendering stopped after step {step + 1} of {evaluations}{which}.")
+                raise RenderInterruptedError(f"Rendering stopped after step {done} of {total}{which}.")
             return tensors
 
-        result = pipe(
-            prompt_embeds=embeds.positive,
-            negative_prompt_embeds=embeds.negative,
-            image=control,
+        def run(target: Any, num_inference_steps: int, **kwargs: Any) -> np.ndarray:
+            # A fresh scheduler per pass: an interrupted run leaves no half-stepped state behind.
+            target.scheduler = make_scheduler(request.sampler, pipe.scheduler.config, request.seed)
+            result = target(
+                num_inference_steps=num_inference_steps, callback_on_step_end=step_end, **common, **kwargs
+            )
+            done_before[0] += int(target.num_timesteps)
+            return np.asarray(result.images, dtype=np.float32)
+
+        if checked.init_image is not None and checked.mask is not None:
+            # Inpaint: the derived pipeline draws its own noise from the stream (given latents would replace
+            # the noised init image at denoise < 1).
+            return self._inpaint(pipe, checked, control, run)
+        images = run(pipe, steps, image=control, width=checked.width, height=checked.height, latents=latents)
+        if not checked.hires_width:
+            return images
+        # Hires pass: the base render upscaled in pixel space and refined at partial denoise (see refine.py).
+        return run(
+            refine.derived_pipeline(pipe, "img2img"),
+            request.hires_steps or steps,
+            image=refine.upscaled(images, checked.hires_width, checked.hires_height),
+            control_image=control,
+            strength=request.hires_denoise,
+            width=checked.hires_width,
+            height=checked.hires_height,
+        )
+
+    def _inpaint(
+        self, pipe: Any, checked: CheckedRequest, control: Any, run: Callable[..., np.ndarray]
+    ) -> np.ndarray:
+        """Re-render the masked region at the render size, then lay it back over the init image at its own size.
+
+        Only the masked pixels can change: the blend after decoding keeps every unmasked pixel of the init image
+        exactly, whatever the VAE's round trip did to them.
+        """
+        from PIL import Image
+
+        assert checked.init_image is not None and checked.mask is not None  # the caller checked
+        init, mask = checked.init_image, checked.mask
+        renders = run(
+            refine.derived_pipeline(pipe, "inpaint"),
+            checked.request.num_inference_steps,
+            image=Image.fromarray(to_uint8(init)),
+            mask_image=Image.fromarray(to_uint8(mask)),
+            control_image=control,
+            strength=checked.request.inpaint_denoise,
             width=checked.width,
             height=checked.height,
-            num_inference_steps=total,
-            guidance_scale=request.guidance_scale,
-            controlnet_conditioning_scale=request.controlnet_conditioning_scale,
-            control_guidance_start=request.control_guidance_start,
-            control_guidance_end=request.control_guidance_end,
-            num_images_per_prompt=request.num_images_per_prompt,
-            latents=latents,
-            generator=generator,  # the noise stochastic samplers add each step, continuing the seed's stream
-            eta=SAMPLERS[request.sampler].eta,
-            output_type="np",
-            callback_on_step_end=step_end,
-            **kwargs,
         )
-        return np.asarray(result.images, dtype=np.float32)
+        renders = np.stack([refine.resized_float(r, init.shape[1], init.shape[0]) for r in renders])
+        return refine.blend_into(init, renders, mask)
 
 
 def _initial_noise(pipe: Any, checked: CheckedRequest, images: int) -> tuple[torch.Tensor, torch.Generator]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidParameterError
 from .images import check_image_array, to_float_image
+from .refine import denoised_steps, hires_size
 from .schedulers import DEFAULT_SAMPLER, check_sampler
 
 DEFAULT_STEPS = 20
@@ -34,6 +35,8 @@ ASPECT_TOLERANCE = 0.05  # a 5% stretch of the edge map is invisible; more disto
 MAX_SEED = 2**64 - 1
 CLIP_SKIP_CHOICES = (1, 2)  # 1: CLIP's last layer (SD1.5's default); 2: the penultimate (see prompt_embeds)
 MAX_PROMPT_CHARS = 10_000  # far above the 600-token limit; stops a megabyte prompt before it is tokenized
+MAX_UPSCALE = 2.0  # SD1.5 refines well up to about twice its base size; beyond, a tiled upscaler is the tool
+DEFAULT_HIRES_DENOISE = 0.5  # enough to add detail at the new size, low enough to keep the first pass's layout
 
 
 class IpAdapterMode(str, Enum):
@@ -100,6 +103,16 @@ class RenderRequest:
     num_images_per_prompt: int = 1
     sampler: str = DEFAULT_SAMPLER
     clip_skip: int = 1
+    upscale: float = 1.0
+    """Above 1: render at the base size, upscale the image by this factor and refine it in a second pass."""
+    hires_denoise: float = DEFAULT_HIRES_DENOISE
+    hires_steps: int = 0
+    """Steps of the second pass before ``hires_denoise`` shortens them; 0 = ``num_inference_steps``."""
+    init_image: np.ndarray | None = None
+    """With ``mask``: re-render only the masked region of this image (inpaint); the rest stays as it is."""
+    mask: np.ndarray | None = None
+    """``(H, W)`` in [0, 1], 1 = re-render (ComfyUI's MASK convention); the same size as the init and edge images."""
+    inpaint_denoise: float = 1.0
 
 
 def _number(name: str, value: float, low: float, high: float, fix: str) -> None:
@@ -170,6 +183,11 @@ class CheckedRequest:
     style_weights: list[float]
     width: int
     height: int
+    hires_width: int = 0
+    hires_height: int = 0
+    """The second pass's size; 0 = no hires pass."""
+    init_image: np.ndarray | None = None
+    mask: np.ndarray | None = None
 
 
 def check_request(request: RenderRequest, has_ip_adapter: bool) -> CheckedRequest:
@@ -254,4 +272,84 @@ def check_request(request: RenderRequest, has_ip_adapter: bool) -> CheckedReques
             f"style weights {weights} must be finite, non-negative and not all 0; they are normalised to sum to 1."
         )
     total = sum(weights)
-    return CheckedRequest(request, control, styles, [w / total for w in weights], width, height)
+    checked = CheckedRequest(request, control, styles, [w / total for w in weights], width, height)
+    _check_hires(request, checked)
+    _check_inpaint(request, checked)
+    return checked
+
+
+def _check_hires(request: RenderRequest, checked: CheckedRequest) -> None:
+    _number("upscale", request.upscale, 1.0, MAX_UPSCALE, "1 renders once at the base size; 1.5-2 adds a hires pass.")
+    if request.upscale == 1.0:
+        return
+    _number(
+        "hires_denoise", request.hires_denoise, 0.0, 1.0, f"{DEFAULT_HIRES_DENOISE} keeps the layout and adds detail."
+    )
+    steps = request.hires_steps
+    if not isinstance(steps, int) or not 0 <= steps <= MAX_STEPS:
+        raise InvalidParameterError(
+            f"hires_steps is {steps!r}; it must be from 0 (= num_inference_steps) to {MAX_STEPS}."
+        )
+    steps = steps or request.num_inference_steps
+    if denoised_steps(steps, request.hires_denoise) < 1:
+        raise InvalidParameterError(
+            f"hires_denoise {request.hires_denoise} of {steps} hires steps runs no step at all; raise hires_denoise "
+            f"to at least {1 / steps:.2f} or hires_steps."
+        )
+    width, height = hires_size(checked.width, checked.height, request.upscale)
+    batch = request.num_images_per_prompt
+    if max(width, height) > MAX_SIDE or width * height * batch > MAX_PIXELS_PER_RUN:
+        raise InvalidParameterError(
+            f"upscale {request.upscale:g} of {checked.width}×{checked.height} gives {width}×{height} × {batch} "
+            f"image(s); the limits are {MAX_SIDE} pixels a side and {MAX_PIXELS_PER_RUN / 1e6:.1f} MP a run. Lower "
+            "upscale, the base width/height or the batch size."
+        )
+    if request.init_image is not None:
+        raise InvalidParameterError(
+            "upscale applies to full renders; an inpaint keeps the init image's size. Set upscale to 1, or upscale "
+            "the inpainted image in a second sampler."
+        )
+    checked.hires_width, checked.hires_height = width, height
+
+
+def _check_inpaint(request: RenderRequest, checked: CheckedRequest) -> None:
+    if request.mask is None and request.init_image is None:
+        return
+    if request.init_image is None:
+        raise InvalidParameterError(
+            "A mask was given without an init image; connect the image the mask belongs to (init_image), or "
+            "disconnect the mask for a full render."
+        )
+    if request.mask is None:
+        raise InvalidParameterError(
+            "An init image was given without a mask; connect a MASK (1 = re-render) to re-render part of it, or "
+            "disconnect init_image for a full render."
+        )
+    _number("inpaint_denoise", request.inpaint_denoise, 0.0, 1.0, "1 re-renders the masked region from scratch.")
+    if denoised_steps(request.num_inference_steps, request.inpaint_denoise) < 1:
+        raise InvalidParameterError(
+            f"inpaint_denoise {request.inpaint_denoise} of {request.num_inference_steps} steps runs no step at all; "
+            "raise inpaint_denoise or num_inference_steps."
+        )
+    init = _rgb(request.init_image, "init image")
+    mask = np.asarray(request.mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2 or mask.size == 0:
+        raise InvalidImageError(f"The mask has shape {mask.shape}; expected one (height, width) mask.")
+    if not np.issubdtype(mask.dtype, np.floating) and not np.issubdtype(mask.dtype, np.integer):
+        raise InvalidImageError(f"The mask has dtype {mask.dtype}; expected float values in [0, 1].")
+    mask = mask.astype(np.float32)
+    if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise InvalidImageError("The mask has values outside [0, 1] or NaN; a MASK is 0 (keep) to 1 (re-render).")
+    edge = checked.control_image.shape[:2]
+    for what, shape in (("init image", init.shape[:2]), ("mask", mask.shape)):
+        if shape != edge:
+            raise InvalidImageError(
+                f"The {what} is {shape[1]}×{shape[0]} but the edge image is {edge[1]}×{edge[0]}; the init image, "
+                "its mask and the edge map must be the same size. Resize them to one size first (e.g. the Canny "
+                "node's resolution and ImageScale / the mask's own node), or crop."
+            )
+    if not mask.any():
+        raise InvalidImageError("The mask is empty (all 0): nothing would be re-rendered. Paint the region to change.")
+    checked.init_image, checked.mask = init, mask

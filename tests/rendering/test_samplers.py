@@ -115,7 +115,7 @@ def test_the_default_sampler_renders_as_plain_diffusers_with_unipc(full: Any, re
             guidance_scale=req.guidance_scale,
             controlnet_conditioning_scale=req.controlnet_conditioning_scale,
             generator=torch.Generator("cpu").manual_seed(req.seed),
-            ip_adapter_image_embeds=full._style_embeds(check_request(req, True), True),
+            ip_adapter_image_embeds=full._style_embeds(pipe, check_request(req, True), True),
             output_type="np",
         ).images
     assert np.array_equal(renders[DEFAULT_SAMPLER], np.asarray(reference, dtype=np.float32))
