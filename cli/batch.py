@@ -178,7 +178,7 @@ def run_batch(settings: BatchSettings, jobs: Sequence[Job], servers: Sequence[st
         with lock:
             bar.set_postfix_str(text, refresh=True)
 
-    workers = []
+    workers: list[Worker] = []
     for url in urls:
         found = {job_id: state for job_id, (where, state) in earlier.items() if where == url}
         workers.extend(Worker(url, settings, object_info, board, prompt_ids, found, record, status)

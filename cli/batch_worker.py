@@ -166,22 +166,29 @@ class Worker:
         earlier = self.found.get(job.job_id)
         if earlier is not None:
             # An earlier run of this batch queued it here and died: collect that job instead of rendering again.
-            manifest["resumed_from_server"] = earlier
-            entry = self._follow(prompt_id, job.job_id, use_ws=False)
-            timings["wait_s"] = round(time.perf_counter() - mark, 4)
-        else:
-            self._connect()
-            data = job.sketch.read_bytes()
-            uploaded = self.client.upload_image(data, Path(upload_name(job)).name, subfolder=UPLOAD_SUBFOLDER)
-            if uploaded != upload_name(job):  # the server renamed it: bind the name it chose
-                graph = bind(graph, {"sketch": uploaded})
-            timings["upload_s"] = round(time.perf_counter() - mark, 4)
-            mark = time.perf_counter()
-            self.client.queue_prompt(graph, {"extra_pnginfo": {"workflow": ui}} if ui else None, prompt_id)
-            timings["queue_s"] = round(time.perf_counter() - mark, 4)
-            mark = time.perf_counter()
-            entry = self._follow(prompt_id, job.job_id, use_ws=True, timings=timings)
-            timings["wait_s"] = round(time.perf_counter() - mark, 4)
+            try:
+                entry = self._follow(prompt_id, job.job_id, use_ws=False)
+                timings["wait_s"] = round(time.perf_counter() - mark, 4)
+                self._collect(entry, graph, ui, job, manifest)
+                manifest["resumed_from_server"] = earlier
+                return
+            except (ServerUnreachable, ServerDown, JobFailed):
+                raise
+            except ComfyClientError as exc:  # e.g. its render was deleted from the server since: render it again
+                logger.info("Sketch RAG batch: job %s from an earlier run cannot be collected (%s); rendering it "
+                            "again.", job.job_id, exc)
+        self._connect()
+        data = job.sketch.read_bytes()
+        uploaded = self.client.upload_image(data, Path(upload_name(job)).name, subfolder=UPLOAD_SUBFOLDER)
+        if uploaded != upload_name(job):  # the server renamed it: bind the name it chose
+            graph = bind(graph, {"sketch": uploaded})
+        timings["upload_s"] = round(time.perf_counter() - mark, 4)
+        mark = time.perf_counter()
+        self.client.queue_prompt(graph, {"extra_pnginfo": {"workflow": ui}} if ui else None, prompt_id)
+        timings["queue_s"] = round(time.perf_counter() - mark, 4)
+        mark = time.perf_counter()
+        entry = self._follow(prompt_id, job.job_id, use_ws=True, timings=timings)
+        timings["wait_s"] = round(time.perf_counter() - mark, 4)
         self._collect(entry, graph, ui, job, manifest)
 
     # -- following a job ----------------------------------------------------------------------------------
@@ -257,6 +264,7 @@ class Worker:
                         finished = time.perf_counter()
                         timings["queue_wait_s"] = round((exec_started or finished) - queued, 4)
                         timings["render_s"] = round(finished - (exec_started or queued), 4)
+                        timings.update(_server_times(entry))
                     return entry
                 polling = not use_ws or self.ws is None
                 next_check = time.monotonic() + (HISTORY_POLL_S if polling else WS_POLL_S)
@@ -315,6 +323,17 @@ class Worker:
                 manifest["style_similarity"] = round(style_similarity(self.settings.embedder, render, reference), 4)
         timings["score_s"] = round(time.perf_counter() - mark, 4)
         manifest["output"] = str(output)  # last: a manifest names an output only once everything is on disk
+
+
+def _server_times(entry: dict[str, Any]) -> dict[str, float]:
+    """From the history entry's own timestamps: how long the server executed the job, and how long after its
+    end this client had the entry (the cost of noticing the end: websocket, /history)."""
+    stamps = {kind: data.get("timestamp") for kind, data in (entry.get("status") or {}).get("messages", [])
+              if isinstance(data, dict)}
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    if not isinstance(start, (int, float)) or not isinstance(end, (int, float)):
+        return {}
+    return {"server_exec_s": round((end - start) / 1000.0, 4), "end_seen_after_s": round(time.time() - end / 1000.0, 4)}
 
 
 def _event(message: str) -> tuple[Any, dict[str, Any]]:

@@ -159,6 +159,27 @@ def _kill_when_other_is_idle(out: Path, server: Any, other: ComfyClient) -> thre
 
 
 @pytest.mark.slow
+def test_server_killed_mid_batch_then_restarted_and_rerun_renders_each_job_exactly_once(
+        extra_server_factory: Any, job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
+    jobs = read_jobs(job_file)
+    out = tmp_path / "out"
+    server = extra_server_factory("crashy")
+    port = int(server.url.rsplit(":", 1)[1])
+    watcher = _kill_after(out, server, done=2)
+    first = run_batch(_settings(out, fast_fields), jobs, [server.url])
+    watcher.join()
+    assert 2 <= len(first.done) < 6 and first.unfinished and first.dead_servers == [server.url]
+
+    server = extra_server_factory("crashy", port=port)  # same base directory and port: a restart
+    second = run_batch(_settings(out, fast_fields), jobs, [server.url])
+    assert second.ok and sorted(second.skipped) == sorted(m["job_id"] for m in first.done)
+    assert len(second.done) == 6 - len(first.done)
+    assert history_size(ComfyClient(server.url)) == len(second.done)  # nothing rendered twice
+    renders = sorted(p.stem for p in (out / "renders").glob("*.png"))
+    assert renders == sorted(job.job_id for job in jobs) and len(renders) == 6
+
+
+@pytest.mark.slow
 def test_a_server_killed_with_jobs_in_its_queue_while_the_other_is_idle_hands_them_all_to_the_other(
         comfy: ComfyClient, extra_server_factory: Any, tmp_path: Path, example_sketches: list[Path],
         fast_fields: dict[str, Any]) -> None:

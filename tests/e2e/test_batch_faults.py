@@ -112,29 +112,29 @@ def test_a_server_that_hangs_mid_job_is_given_up_and_its_jobs_finish_on_the_othe
     path.write_text(json.dumps({"sketch": "sketches", "prompt": "hang test"}) + "\n")
     out = tmp_path / "out"
     hung = extra_server_factory("hung")
-    stopped = threading.Event()
+    stopped: list[float] = []
 
     def stop_when_running() -> None:
         client, deadline = ComfyClient(hung.url, timeout=5), time.monotonic() + 240
         while time.monotonic() < deadline and not client.queue().get("queue_running"):
             time.sleep(0.02)
         hung.process.send_signal(signal.SIGSTOP)  # alive, port open, answers nothing
-        stopped.set()
+        stopped.append(time.monotonic())
 
     watcher = threading.Thread(target=stop_when_running, daemon=True)
     watcher.start()
     try:
-        start = time.monotonic()
         result = run_batch(_settings(out, fast_fields, request_timeout=3.0, job_timeout=120.0), read_jobs(path),
                            [hung.url, comfy.url])
-        seconds = time.monotonic() - start
+        ended = time.monotonic()
         watcher.join()
     finally:
         hung.process.kill()  # a stopped process still dies of SIGKILL: it never finishes its job afterwards
         hung.process.wait(10)
-    assert stopped.is_set() and result.dead_servers == [hung.url]
+    assert stopped and result.dead_servers == [hung.url]
     assert result.ok and len(result.done) == 3 and {m["server"] for m in read_manifests(out)} == {comfy.url}
-    assert seconds < 90, f"giving up a hung server took {seconds:.0f} s"
+    # Given up after a 3 s request timeout and a failed /system_stats; the rest is rendering on the other server.
+    assert ended - stopped[0] < 60, f"the batch ended {ended - stopped[0]:.0f} s after the server hung"
 
 
 def test_the_batch_client_killed_and_re_run_collects_what_it_had_queued_and_renders_nothing_twice(

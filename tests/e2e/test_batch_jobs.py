@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -98,7 +99,12 @@ def test_ten_thousand_rows_read_in_seconds_with_each_sketch_read_once(tmp_path: 
 
     reads: list[Path] = []
     real = batch_jobs.decode_image
-    monkeypatch.setattr(batch_jobs, "decode_image", lambda path, *a, **k: (reads.append(path), real(path, *a, **k)))
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch_jobs, "decode_image", counting)
     _png(tmp_path / "other.png", (40, 40))
     path = tmp_path / "jobs.csv"
     path.write_text("sketch,prompt,seed\n" + "".join(f"{['good.png', 'other.png'][n % 2]},prompt {n},{n}\n"
