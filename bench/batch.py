@@ -17,7 +17,10 @@ process, so a regression in the server path shows up as a number. Issue 10 targe
 Both sides first render one untimed warm-up job (model loading and library indexing are one-off costs
 of either path, not per-job overhead), then ``--rounds`` rounds of ``--jobs`` fresh jobs each, the two
 sides taking turns round by round so a change in machine load hits both. ``overhead_ms_per_job`` is the
-median over rounds of ``(server wall time - in-process wall time) / jobs``; ``overhead_ratio`` is
+median over rounds of ``(server wall time - in-process wall time) / jobs``; ``server_idle_ms_per_job`` the
+median over rounds of ``(server wall time - the server's own execution time) / jobs``, i.e. what the batch
+runner adds by not keeping the server busy (uploads, downloads, scoring not overlapped with rendering),
+apart from ComfyUI's own per-job cost; ``overhead_ratio`` is
 ``server wall time / in-process wall time - 1`` over all rounds (0.10 = 10 % slower through the server).
 The overhead per job is roughly constant, so with real models (seconds to minutes per render) the ratio
 is far smaller than with the tiny ones. The details line (stderr) breaks a server job's time down:
@@ -94,13 +97,14 @@ def prepare_base(base: Path) -> Path:
 class ServerSide:
     """A fresh ComfyUI on the bench's base directory, driven by the real batch runner; stop() ends it."""
 
-    def __init__(self, comfy_dir: Path, base: Path, work: Path, common: Mapping[str, Any]) -> None:
+    def __init__(self, comfy_dir: Path, base: Path, work: Path, common: Mapping[str, Any], threads: int) -> None:
         from sketch_rag.cli.comfyui_server import free_port, start_server
 
         self.work, self.common = work, common
+        env = {**SERVER_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
                                    extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
-                                   env=SERVER_ENV)
+                                   env=env)
 
     def batch(self, batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
         """(wall seconds, manifests) for rendering ``batch_jobs`` into ``out``."""
@@ -233,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side and round (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed rounds, the sides taking turns (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on each side; one keeps the figures steady on a shared machine, where "
+                        "two contending threads run several times slower (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps per job (default: %(default)s)")
     parser.add_argument("--height", type=int, default=64, help="render height and edge-map short side, multiple of 8 "
                         "(default: %(default)s)")
@@ -240,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a ComfyUI 0.3.75 folder (default: %(default)s, made by ./dev.sh)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder (renders, logs) here")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.rounds < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
+    if args.jobs < 1 or args.rounds < 1 or args.threads < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
         parser.error("--jobs, --rounds and --steps must be at least 1, --height a multiple of 8 of at least 64.")
     if not (args.comfyui_dir / "main.py").is_file():
         parser.error(f"no ComfyUI in {args.comfyui_dir}; run ./dev.sh (installs .comfyui/) or pass --comfyui-dir.")
@@ -251,11 +258,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup = Job(sketch=sketches[-1], prompt=WARMUP_PROMPT, seed=1)
     common = common_fields(args.steps, args.height)
     n, server_times, inproc_times, manifests = args.jobs, [], [], []
+    idle_ms: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         models_dir = prepare_base(work / "base")
-        server = ServerSide(args.comfyui_dir, work / "base", work, common)
+        import torch
+
+        torch.set_num_threads(args.threads)  # the server's torch gets the same count (OMP_NUM_THREADS)
+        server = ServerSide(args.comfyui_dir, work / "base", work, common, args.threads)
         renderer = InProcessRenderer(models_dir, work)
         try:
             server_warm, _ = server.batch([warmup], work / "server_warmup")
@@ -267,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds, done = server.batch(jobs, work / f"server_out_{round_no}")
                 server_times.append(seconds)
                 manifests.extend(done)
+                # The server's own execution stamps: what of the wall time it spent rendering, not waiting for us.
+                idle_ms.append(round(1000.0 * (seconds - sum(m["timings"].get("server_exec_s", 0.0) for m in done))
+                                     / n, 1))
                 inproc_times.append(run_inprocess(renderer, jobs, common, work / f"inprocess_out_{round_no}"))
         finally:
             renderer.close()
@@ -275,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_round_ms = [round(1000.0 * (s - i) / n, 1) for s, i in zip(server_times, inproc_times, strict=True)]
     server_s, inproc_s = sum(server_times), sum(inproc_times)
     details = {
-        "steps": args.steps, "height": args.height, "cpu_count": os.cpu_count(),
+        "steps": args.steps, "height": args.height, "threads": args.threads, "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "server_wall_s": [round(t, 2) for t in server_times], "inprocess_wall_s": [round(t, 2) for t in inproc_times],
         "server_warmup_s": round(server_warm, 2), "inprocess_warmup_s": round(inproc_warm, 2),
         "inprocess_mean_job_ms": round(1000.0 * inproc_s / (n * args.rounds), 1),
@@ -290,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "inprocess_jobs_per_min": round(60.0 * total / inproc_s, 2),
                       "overhead_ratio": round(server_s / inproc_s - 1.0, 4),
                       "overhead_ms_per_job": round(statistics.median(per_round_ms), 1),
-                      "overhead_ms_per_job_rounds": per_round_ms}))
+                      "overhead_ms_per_job_rounds": per_round_ms,
+                      "server_idle_ms_per_job": round(statistics.median(idle_ms), 1),
+                      "server_idle_ms_per_job_rounds": idle_ms}))
     return 0
 
 

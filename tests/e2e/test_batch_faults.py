@@ -102,6 +102,29 @@ def test_a_job_that_fails_on_the_server_fails_alone_with_its_reason_and_the_serv
     assert on_disk[failed["job_id"]]["error"] == failed["error"] and on_disk[failed["job_id"]]["output"] is None
 
 
+def test_jobs_past_their_timeout_are_interrupted_and_removed_from_the_queue_then_failed(
+        comfy: ComfyClient, tmp_path: Path, example_sketches: list[Path], fast_fields: dict[str, Any]) -> None:
+    for sketch in example_sketches[:2]:
+        _copy(sketch, tmp_path / "sketches")
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"sketch": "sketches", "prompt": "timeout test"}) + "\n")
+    slow = {**fast_fields, "steps": 500}  # far longer than the 2 s the jobs are given
+
+    result = run_batch(_settings(tmp_path / "out", slow, job_timeout=2.0), read_jobs(path), [comfy.url])
+
+    assert len(result.failed) == 2 and not result.done and result.dead_servers == []
+    for manifest in result.failed:
+        assert "did not finish within 2 s" in manifest["error"] and "removed from" in manifest["error"]
+    assert any("interrupted and removed" in m["error"] for m in result.failed)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (comfy.queue()["queue_running"] or comfy.queue()["queue_pending"]):
+        time.sleep(0.1)
+    assert comfy.queue() == {"queue_running": [], "queue_pending": []}, "a timed-out job is still on the server"
+    for manifest in result.failed:  # neither ran to its end: interrupted, or never started
+        entry = comfy.history(manifest["prompt_id"])
+        assert entry is None or entry["status"]["status_str"] == "error"
+
+
 @pytest.mark.slow
 def test_a_server_that_hangs_mid_job_is_given_up_and_its_jobs_finish_on_the_other(
         comfy: ComfyClient, extra_server_factory: Any, tmp_path: Path, example_sketches: list[Path],
