@@ -1,11 +1,12 @@
 """Batch throughput benchmark: jobs per minute through a real ComfyUI server vs the same engine in-process.
 
-One run, ending with one JSON line ``{"jobs", "server_jobs_per_min", "inprocess_jobs_per_min", "overhead_ratio"}``.
+One run, ending with one JSON line ``{"jobs", "rounds", "server_jobs_per_min", "inprocess_jobs_per_min",
+"overhead_ratio", "overhead_ms_per_job", "overhead_ms_per_job_rounds"}``.
 
 Why both sides: ``sketch-rag batch`` adds an HTTP server, uploads, a websocket, ``/history`` + ``/view``
 downloads, a PNG with the workflow embedded and a structure score per job on top of the engine's own
 work. This measures what that costs against rendering the same jobs with the same engine in this
-process, so a regression in the server path shows up as a number. Issue 5 targets overhead ≤ 10% at 8 jobs.
+process, so a regression in the server path shows up as a number. Issue 10 targets <= 30 ms per job.
 
 * Server side: ComfyUI (``.comfyui/ComfyUI``, CPU) with the pack linked in and the tiny offline models,
   driven by the real batch runner (``cli/batch.py``, default 2 slots, no style-similarity model).
@@ -14,12 +15,20 @@ process, so a regression in the server path shows up as a number. Issue 5 target
   workflow the server gets, so sizes, steps, scales and model files are identical by construction.
 
 Both sides first render one untimed warm-up job (model loading and library indexing are one-off costs
-of either path, not per-job overhead), then the timed ``--jobs`` jobs, one after the other.
-``overhead_ratio`` is ``server wall time / in-process wall time - 1``: 0.10 means 10 % slower through
-the server. The per-job overhead in seconds is printed too: it is roughly constant, so with real
-models (seconds to minutes per render) the ratio is far smaller than with the tiny ones.
+of either path, not per-job overhead), then ``--rounds`` rounds of ``--jobs`` fresh jobs each, the two
+sides taking turns round by round so a change in machine load hits both. ``overhead_ms_per_job`` is the
+median over rounds of ``(server wall time - in-process wall time) / jobs``; ``server_idle_ms_per_job`` the
+median over rounds of ``(server wall time - the server's own execution time) / jobs``, i.e. what the batch
+runner adds by not keeping the server busy (uploads, downloads, scoring not overlapped with rendering),
+apart from ComfyUI's own per-job cost; ``overhead_ratio`` is
+``server wall time / in-process wall time - 1`` over all rounds (0.10 = 10 % slower through the server).
+The overhead per job is roughly constant, so with real models (seconds to minutes per render) the ratio
+is far smaller than with the tiny ones. The details line (stderr) breaks a server job's time down:
+upload, POST /prompt, queue wait, execution (as the client saw it and as the server's history stamps
+it), how long after the server's end the client had the result (websocket + /history), /view downloads,
+PNG writes, scoring.
 
-    python bench/batch.py                     # 8 jobs, 64 px, 20 steps: about two minutes on 2 CPU cores
+    python bench/batch.py                     # 3 rounds of 8 jobs, 64 px, 20 steps
     python bench/batch.py --steps 4           # a quicker smoke run (overhead dominates, ratio is large)
 """
 
@@ -55,12 +64,12 @@ WARMUP_PROMPT = "a pencil study, warm-up"
 SERVER_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "ANONYMIZED_TELEMETRY": "False"}
 
 
-def make_jobs(count: int, sketches: Sequence[Path]) -> list[Job]:
+def make_jobs(count: int, sketches: Sequence[Path], first_seed: int = 1000) -> list[Job]:
     """``count`` distinct jobs: sketches × prompts, each with its own seed, so no ComfyUI cache hit skips work."""
     jobs = []
     for n in range(count):
         sketch = sketches[n // len(PROMPTS) % len(sketches)]
-        jobs.append(Job(sketch=sketch, prompt=PROMPTS[n % len(PROMPTS)], seed=1000 + n))
+        jobs.append(Job(sketch=sketch, prompt=PROMPTS[n % len(PROMPTS)], seed=first_seed + n))
     return jobs
 
 
@@ -85,37 +94,36 @@ def prepare_base(base: Path) -> Path:
     return base / "models"
 
 
-def run_server_side(comfy_dir: Path, base: Path, work: Path, jobs: Sequence[Job], warmup: Job,
-                    common: Mapping[str, Any]) -> tuple[float, float, list[dict[str, Any]]]:
-    """(warm-up seconds, timed seconds, manifests) for the jobs through a fresh server and the batch runner.
+class ServerSide:
+    """A fresh ComfyUI on the bench's base directory, driven by the real batch runner; stop() ends it."""
 
-    The server is stopped before returning, also when anything fails.
-    """
-    from sketch_rag.cli.batch import BatchSettings, run_batch
-    from sketch_rag.cli.comfyui_server import free_port, start_server
-    from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow
+    def __init__(self, comfy_dir: Path, base: Path, work: Path, common: Mapping[str, Any], threads: int) -> None:
+        from sketch_rag.cli.comfyui_server import free_port, start_server
 
-    server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
-                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
-                          env=SERVER_ENV)
-    try:
-        def batch(batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
-            settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
-                                     common=dict(common), progress=False)
-            start = time.perf_counter()
-            result = run_batch(settings, batch_jobs, [server.url])
-            seconds = time.perf_counter() - start
-            if not result.ok or len(result.done) != len(batch_jobs):
-                errors = [f"{m['job_id']}: {m['error']}" for m in result.failed] + result.unfinished
-                raise RuntimeError(f"server batch did not render every job ({len(result.done)}/{len(batch_jobs)}): "
-                                   f"{errors}; see the server log {server.log_path}")
-            return seconds, result.done
+        self.work, self.common = work, common
+        env = {**SERVER_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
+                                   extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
+                                   env=env)
 
-        warm_s, _ = batch([warmup], work / "server_warmup")
-        timed_s, manifests = batch(jobs, work / "server_out")
-    finally:
-        server.stop()
-    return warm_s, timed_s, manifests
+    def batch(self, batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
+        """(wall seconds, manifests) for rendering ``batch_jobs`` into ``out``."""
+        from sketch_rag.cli.batch import BatchSettings, run_batch
+        from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow
+
+        settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
+                                 common=dict(self.common), progress=False)
+        start = time.perf_counter()
+        result = run_batch(settings, batch_jobs, [self.server.url])
+        seconds = time.perf_counter() - start
+        if not result.ok or len(result.done) != len(batch_jobs):
+            errors = [f"{m['job_id']}: {m['error']}" for m in result.failed] + result.unfinished
+            raise RuntimeError(f"server batch did not render every job ({len(result.done)}/{len(batch_jobs)}): "
+                               f"{errors}; see the server log {self.server.log_path}")
+        return seconds, result.done
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 # -- in-process side --------------------------------------------------------------------------------------
@@ -206,31 +214,32 @@ class InProcessRenderer:
             self.library.close()
 
 
-def run_inprocess_side(models_dir: Path, work: Path, jobs: Sequence[Job], warmup: Job,
-                       common: Mapping[str, Any]) -> tuple[float, float]:
-    """(warm-up seconds, timed seconds) rendering the jobs one after the other in this process."""
-    out = work / "inprocess_out"
+def run_inprocess(renderer: InProcessRenderer, jobs: Sequence[Job], common: Mapping[str, Any], out: Path) -> float:
+    """Seconds to render ``jobs`` one after the other in this process (checked: one PNG per job)."""
     out.mkdir(parents=True, exist_ok=True)
-    renderer = InProcessRenderer(models_dir, work)
-    try:
-        start = time.perf_counter()
-        renderer.render(warmup, common, out)
-        warm_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for job in jobs:
-            renderer.render(job, common, out)
-        timed_s = time.perf_counter() - start
-    finally:
-        renderer.close()
+    start = time.perf_counter()
+    for job in jobs:
+        renderer.render(job, common, out)
+    seconds = time.perf_counter() - start
     rendered = len(list(out.glob("*.png")))
-    if rendered != len(jobs) + 1:
-        raise RuntimeError(f"in-process side wrote {rendered} PNGs for {len(jobs) + 1} jobs.")
-    return warm_s, timed_s
+    if rendered != len(jobs):
+        raise RuntimeError(f"in-process side wrote {rendered} PNGs for {len(jobs)} jobs.")
+    return seconds
+
+
+BREAKDOWN = ("upload_s", "queue_s", "queue_wait_s", "render_s", "server_exec_s", "end_seen_after_s", "download_s",
+             "write_s", "score_s", "total_s")
+"""The per-job timings a manifest records, in the order a job goes through them."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side and round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="timed rounds, the sides taking turns (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on each side; one keeps the figures steady on a shared machine, where "
+                        "two contending threads run several times slower (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps per job (default: %(default)s)")
     parser.add_argument("--height", type=int, default=64, help="render height and edge-map short side, multiple of 8 "
                         "(default: %(default)s)")
@@ -238,42 +247,67 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a ComfyUI 0.3.75 folder (default: %(default)s, made by ./dev.sh)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder (renders, logs) here")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
-        parser.error("--jobs and --steps must be at least 1, --height a multiple of 8 of at least 64.")
+    if args.jobs < 1 or args.rounds < 1 or args.threads < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
+        parser.error("--jobs, --rounds and --steps must be at least 1, --height a multiple of 8 of at least 64.")
     if not (args.comfyui_dir / "main.py").is_file():
         parser.error(f"no ComfyUI in {args.comfyui_dir}; run ./dev.sh (installs .comfyui/) or pass --comfyui-dir.")
     sketches = sorted(SKETCHES.glob("*.png"))
     if not sketches:
         parser.error(f"no example sketches in {SKETCHES}.")
 
-    jobs = make_jobs(args.jobs, sketches)
     warmup = Job(sketch=sketches[-1], prompt=WARMUP_PROMPT, seed=1)
     common = common_fields(args.steps, args.height)
+    n, server_times, inproc_times, manifests = args.jobs, [], [], []
+    idle_ms: list[float] = []
     with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         models_dir = prepare_base(work / "base")
-        server_warm, server_s, manifests = run_server_side(args.comfyui_dir, work / "base", work, jobs, warmup,
-                                                           common)
-        inproc_warm, inproc_s = run_inprocess_side(models_dir, work, jobs, warmup, common)
+        import torch
 
-    n = len(jobs)
-    render_s = [m["timings"]["render_s"] for m in manifests]
+        torch.set_num_threads(args.threads)  # the server's torch gets the same count (OMP_NUM_THREADS)
+        server = ServerSide(args.comfyui_dir, work / "base", work, common, args.threads)
+        renderer = InProcessRenderer(models_dir, work)
+        try:
+            server_warm, _ = server.batch([warmup], work / "server_warmup")
+            start = time.perf_counter()
+            run_inprocess(renderer, [warmup], common, work / "inprocess_warmup")
+            inproc_warm = time.perf_counter() - start
+            for round_no in range(args.rounds):
+                jobs = make_jobs(n, sketches, first_seed=1000 + round_no * n)
+                seconds, done = server.batch(jobs, work / f"server_out_{round_no}")
+                server_times.append(seconds)
+                manifests.extend(done)
+                # The server's own execution stamps: what of the wall time it spent rendering, not waiting for us.
+                idle_ms.append(round(1000.0 * (seconds - sum(m["timings"].get("server_exec_s", 0.0) for m in done))
+                                     / n, 1))
+                inproc_times.append(run_inprocess(renderer, jobs, common, work / f"inprocess_out_{round_no}"))
+        finally:
+            renderer.close()
+            server.stop()
+
+    per_round_ms = [round(1000.0 * (s - i) / n, 1) for s, i in zip(server_times, inproc_times, strict=True)]
+    server_s, inproc_s = sum(server_times), sum(inproc_times)
     details = {
-        "steps": args.steps, "height": args.height, "cpu_count": os.cpu_count(),
-        "server_wall_s": round(server_s, 2), "inprocess_wall_s": round(inproc_s, 2),
+        "steps": args.steps, "height": args.height, "threads": args.threads, "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "server_wall_s": [round(t, 2) for t in server_times], "inprocess_wall_s": [round(t, 2) for t in inproc_times],
         "server_warmup_s": round(server_warm, 2), "inprocess_warmup_s": round(inproc_warm, 2),
-        "server_median_render_s": round(statistics.median(render_s), 3),
-        # Where a server job's time goes (upload, waiting in ComfyUI's queue, executing, downloading + scoring).
-        "server_job_median_s": {key: round(statistics.median(m["timings"].get(key, 0.0) for m in manifests), 3)
-                                for key in ("upload_s", "queue_wait_s", "render_s", "download_s", "total_s")},
-        "inprocess_mean_job_s": round(inproc_s / n, 3),
-        "overhead_s_per_job": round((server_s - inproc_s) / n, 3),
+        "inprocess_mean_job_ms": round(1000.0 * inproc_s / (n * args.rounds), 1),
+        "server_mean_job_ms": round(1000.0 * server_s / (n * args.rounds), 1),
+        # Where a server job's time goes; medians over every timed job, in ms.
+        "server_job_median_ms": {key.removesuffix("_s"): round(1000.0 * statistics.median(
+            m["timings"].get(key, 0.0) for m in manifests), 1) for key in BREAKDOWN},
     }
     print("details: " + json.dumps(details), file=sys.stderr)
-    print(json.dumps({"jobs": n, "server_jobs_per_min": round(60.0 * n / server_s, 2),
-                      "inprocess_jobs_per_min": round(60.0 * n / inproc_s, 2),
-                      "overhead_ratio": round(server_s / inproc_s - 1.0, 4)}))
+    total = n * args.rounds
+    print(json.dumps({"jobs": n, "rounds": args.rounds, "server_jobs_per_min": round(60.0 * total / server_s, 2),
+                      "inprocess_jobs_per_min": round(60.0 * total / inproc_s, 2),
+                      "overhead_ratio": round(server_s / inproc_s - 1.0, 4),
+                      "overhead_ms_per_job": round(statistics.median(per_round_ms), 1),
+                      "overhead_ms_per_job_rounds": per_round_ms,
+                      "server_idle_ms_per_job": round(statistics.median(idle_ms), 1),
+                      "server_idle_ms_per_job_rounds": idle_ms}))
     return 0
 
 

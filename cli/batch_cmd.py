@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, JobFileError
+from .batch_worker import JOB_TIMEOUT_S, REQUEST_TIMEOUT_S
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,7 +18,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     batch = commands.add_parser(
         "batch", help="render sketch × prompt jobs (CSV or JSONL) through ComfyUI's API; resumable",
         description="Columns/keys: sketch (file or folder), prompt, and optionally seed, style_query, k, "
-        "controlnet_scale, ip_adapter_scale, negative_prompt. Re-running renders only what is missing.")
+        "controlnet_scale, ip_adapter_scale, negative_prompt. Re-running renders only what is missing. "
+        "Exit status: 0 every job done, 1 some job failed, unfinished or skipped, 2 nothing queued (a problem "
+        "found before queueing).")
     batch.add_argument("jobs", type=Path, help="the job file (.csv with a header row, or .jsonl)")
     batch.add_argument("--out", type=Path, required=True, help="output folder (renders/, manifests/, report)")
     batch.add_argument("--server", action="append", dest="servers", metavar="URL",
@@ -33,18 +38,38 @@ def register(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--clip-model", type=Path,
                        help="a transformers CLIP folder for the style-similarity score (default: none, no score)")
     batch.add_argument("--slots", type=int, default=2, help="jobs in flight per server (default: %(default)s)")
+    batch.add_argument("--skip-bad", action="store_true",
+                       help="run the good rows when some are bad (unreadable sketch, bad value) and list the others; "
+                       "without it a bad row stops the batch before anything is queued")
+    batch.add_argument("--job-timeout", type=float, default=JOB_TIMEOUT_S, metavar="S",
+                       help="seconds a job may take from queueing to its end; past it the job is cancelled on the "
+                       "server and failed (default: %(default)s)")
+    batch.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="S",
+                       help="seconds a server may leave one request unanswered before it is checked and, if it "
+                       "does not answer /system_stats either, given up (default: %(default)s)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.set_defaults(run=_batch)
 
 
 def _batch(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, run_batch
-    from .batch_jobs import read_jobs
+    from .batch_jobs import bad_rows_message, read_job_file
     from .workflows import load_api_workflow, load_ui_workflow, tiny_models, ui_path
 
-    jobs = read_jobs(args.jobs)
+    job_file = read_job_file(args.jobs)
+    if job_file.bad_rows and not args.skip_bad:
+        raise JobFileError(bad_rows_message(job_file))
+    if not job_file.jobs:
+        raise JobFileError(f"{args.jobs} has no good rows; nothing was queued:\n  "
+                           + "\n  ".join(str(row) for row in job_file.bad_rows))
+    for row in job_file.bad_rows:
+        print(f"skipped: {row}", file=sys.stderr)
     if args.slots < 1:
         raise InvalidParameterError(f"--slots {args.slots} must be at least 1.")
+    for name in ("job_timeout", "request_timeout"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise InvalidParameterError(f"--{name.replace('_', '-')} {getattr(args, name)} must be a number of "
+                                        "seconds above 0.")
     common: dict[str, Any] = tiny_models() if args.tiny_models else {}
     for name in ("checkpoint", "controlnet", "ip_adapter", "image_encoder", "embedding_model", "steps",
                  "resolution", "style_resolution", "height"):
@@ -59,11 +84,15 @@ def _batch(args: argparse.Namespace) -> int:
 
         embedder = ClipEmbedder.load(args.clip_model.resolve())
     settings = BatchSettings(workflow=workflow, out_dir=args.out, ui_workflow=ui, common=common, embedder=embedder,
-                             slots=args.slots, progress=not args.no_progress)
-    result = run_batch(settings, jobs, args.servers or ["http://127.0.0.1:8188"])
+                             slots=args.slots, progress=not args.no_progress, job_timeout=args.job_timeout,
+                             request_timeout=args.request_timeout)
+    result = run_batch(settings, job_file.jobs, args.servers or ["http://127.0.0.1:8188"], job_file.bad_rows)
     print(json.dumps({"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed),
-                      "unfinished": len(result.unfinished), "dead_servers": result.dead_servers,
-                      "report": str(args.out / "contact_sheet.png")}))
+                      "unfinished": len(result.unfinished), "bad_rows": len(result.bad_rows),
+                      "duplicate_rows": len(job_file.duplicate_lines), "resumed": len(result.resumed),
+                      "dead_servers": result.dead_servers, "report": str(args.out / "contact_sheet.png")}))
     for manifest in result.failed:
         print(f"failed: {manifest['job_id']}: {manifest['error']}")
+    for job_id in result.unfinished:
+        print(f"unfinished: {job_id}: no server was left answering; re-run to render it")
     return 0 if result.ok else 1

@@ -6,6 +6,7 @@ and the batch runner both talk to ComfyUI through it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -20,6 +21,14 @@ from ..errors import SketchRagError
 
 class ComfyClientError(SketchRagError):
     """The server could not be reached, or a job failed on it."""
+
+
+class ServerUnreachable(ComfyClientError):
+    """The request never got an HTTP answer: connection refused or reset, or no reply within the timeout.
+
+    Only this (never an HTTP error status) can mean the server itself is gone; callers that must tell a
+    dead server from a bad job confirm it with ``ComfyClient.alive``.
+    """
 
 
 class PromptRejected(ComfyClientError):
@@ -44,6 +53,25 @@ class JobFailed(ComfyClientError):
         self.node_type = node_type
         self.message = message
         super().__init__(f"Job {prompt_id} failed in {node_type}: {message}")
+
+
+def finished_entry(prompt_id: str, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``entry`` (a ``/history`` entry) if the job completed, None while it has not ended.
+
+    Raises:
+        JobFailed: the job ended in an execution error or an interruption.
+    """
+    status = (entry or {}).get("status") or {}
+    if entry is None or status.get("completed") is None:
+        return None
+    if status.get("status_str") == "error" or not status.get("completed"):
+        for kind, data in status.get("messages", []):
+            if kind == "execution_error":
+                raise JobFailed(prompt_id, data.get("node_type", "?"), data.get("exception_message", ""))
+            if kind == "execution_interrupted":
+                raise JobFailed(prompt_id, data.get("node_type", "?"), "interrupted on the server")
+        raise JobFailed(prompt_id, "?", f"ended with status {status.get('status_str')!r} and no error message")
+    return entry
 
 
 @dataclass(frozen=True)
@@ -80,13 +108,16 @@ class ComfyClient:
         result = self._json("POST", "/upload/image", body, content_type)
         return f"{result['subfolder']}/{result['name']}" if result.get("subfolder") else str(result["name"])
 
-    def queue_prompt(self, graph: dict[str, Any], extra_data: dict[str, Any] | None = None) -> str:
-        """Queue an API-format workflow; returns its prompt id.
+    def queue_prompt(self, graph: dict[str, Any], extra_data: dict[str, Any] | None = None,
+                     prompt_id: str | None = None) -> str:
+        """Queue an API-format workflow; returns its prompt id (``prompt_id`` if given, else the server's).
 
         Raises:
             PromptRejected: the server's validation refused it (HTTP 400).
         """
         payload: dict[str, Any] = {"prompt": graph, "client_id": self.client_id}
+        if prompt_id is not None:
+            payload["prompt_id"] = prompt_id
         if extra_data:
             payload["extra_data"] = extra_data
         status, body = self._request("POST", "/prompt", json.dumps(payload).encode(),
@@ -104,6 +135,31 @@ class ComfyClient:
         entry = self._json("GET", f"/history/{prompt_id}")
         return entry.get(prompt_id)
 
+    def all_history(self) -> dict[str, Any]:
+        """Every entry of the server's history, by prompt id."""
+        return dict(self._json("GET", "/history"))
+
+    def alive(self, timeout: float = 5.0) -> bool:
+        """Whether the server answers ``/system_stats`` within ``timeout`` seconds (its own health check)."""
+        probe = ComfyClient(self.url, timeout=timeout)
+        try:
+            probe._json("GET", "/system_stats")
+        except ComfyClientError:
+            return False
+        return True
+
+    def cancel(self, prompt_id: str) -> bool:
+        """Stop ``prompt_id`` on the server: interrupt it if it is the running job, and drop it from the queue.
+
+        ``/interrupt`` is sent only when ``prompt_id`` is running (servers older than 0.3.6x interrupt whatever
+        runs, whatever id is given). Returns whether it was running.
+        """
+        running = any(item[1] == prompt_id for item in self.queue().get("queue_running", []))
+        if running:
+            self._json_ok("POST", "/interrupt", {"prompt_id": prompt_id})
+        self._json_ok("POST", "/queue", {"delete": [prompt_id]})
+        return running
+
     def view(self, image: OutputImage) -> bytes:
         query = urllib.parse.urlencode({"filename": image.filename, "subfolder": image.subfolder, "type": image.type})
         status, body = self._request("GET", f"/view?{query}")
@@ -112,25 +168,18 @@ class ComfyClient:
         return body
 
     # -- composite ------------------------------------------------------------------------
-    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.1) -> dict[str, Any]:
+    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.05) -> dict[str, Any]:
         """Poll ``/history`` until the job ends; returns its history entry.
 
         Raises:
-            JobFailed: the job ended with an execution error.
+            JobFailed: the job ended with an execution error or was interrupted.
             ComfyClientError: it did not end within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            entry = self.history(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None:
-                status = entry["status"]
-                if status.get("status_str") == "error":
-                    for kind, data in status.get("messages", []):
-                        if kind == "execution_error":
-                            raise JobFailed(prompt_id, data.get("node_type", "?"), data.get("exception_message", ""))
-                    raise JobFailed(prompt_id, "?", "unknown error")
-                if status.get("completed"):
-                    return entry
+            entry = finished_entry(prompt_id, self.history(prompt_id))
+            if entry is not None:
+                return entry
             time.sleep(poll)
         raise ComfyClientError(f"Job {prompt_id} did not finish within {timeout:.0f} s.")
 
@@ -144,6 +193,12 @@ class ComfyClient:
         return [self.view(image) for image in self.output_images(entry, output_node)]
 
     # -- transport ------------------------------------------------------------------------
+    def _json_ok(self, method: str, path: str, payload: dict[str, Any]) -> None:
+        """Send a JSON body to an endpoint that answers with an empty 200."""
+        status, body = self._request(method, path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+        if status != 200:
+            raise ComfyClientError(f"{method} {path} answered HTTP {status}: {body[:500]!r}")
+
     def _json(self, method: str, path: str, data: bytes | None = None,
               headers: dict[str, str] | None = None) -> Any:
         status, body = self._request(method, path, data, headers)
@@ -159,5 +214,6 @@ class ComfyClient:
                 return int(response.status), response.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            raise ComfyClientError(f"Cannot reach ComfyUI at {self.url} ({exc}); is the server running?") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # Refused, reset, timed out, or a reply cut off mid-way: no answer from the server itself.
+            raise ServerUnreachable(f"Cannot reach ComfyUI at {self.url} ({exc}); is the server running?") from exc

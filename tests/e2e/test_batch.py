@@ -27,15 +27,23 @@ def history_size(comfy: ComfyClient) -> int:
     return len(comfy._json("GET", "/history"))
 
 
+def write_job_file(folder: Path, sketches: list[Path], prompts: list[str]) -> Path:
+    """A JSONL job file over a folder of ``sketches`` × ``prompts``.
+
+    Tests that share a server use prompts of their own: a job the server already rendered (same graph, same
+    prompt id) is collected from its history, not rendered again.
+    """
+    (folder / "sketches").mkdir(parents=True, exist_ok=True)
+    for sketch in sketches:
+        (folder / "sketches" / sketch.name).write_bytes(sketch.read_bytes())
+    path = folder / "jobs.jsonl"
+    path.write_text("".join(json.dumps({"sketch": "sketches", "prompt": p}) + "\n" for p in prompts))
+    return path
+
+
 @pytest.fixture
 def job_file(tmp_path: Path, example_sketches: list[Path]) -> Path:
-    folder = tmp_path / "sketches"
-    folder.mkdir()
-    for sketch in example_sketches[:3]:
-        (folder / sketch.name).write_bytes(sketch.read_bytes())
-    path = tmp_path / "jobs.jsonl"  # a folder of 3 sketches × 2 prompts = 6 jobs
-    path.write_text("".join(json.dumps({"sketch": "sketches", "prompt": p}) + "\n" for p in PROMPTS))
-    return path
+    return write_job_file(tmp_path, example_sketches[:3], PROMPTS)  # a folder of 3 sketches × 2 prompts = 6 jobs
 
 
 def cli_args(job_file: Path, out: Path, *servers: str) -> list[str]:
@@ -132,12 +140,17 @@ def _kill_after(out: Path, server: Any, done: int) -> threading.Thread:
     return thread
 
 
-def _kill_while_running(server: Any) -> threading.Thread:
-    """Kill ``server`` as soon as it is executing a job, so the batch loses that job mid-flight."""
+def _kill_when_other_is_idle(out: Path, server: Any, other: ComfyClient) -> threading.Thread:
+    """Kill ``server`` while it has a job and ``other`` has finished its own and has none, so only ``other``'s
+    idle workers can take the jobs back."""
     def watch() -> None:
         client, deadline = ComfyClient(server.url, timeout=5), time.monotonic() + 240
-        while time.monotonic() < deadline and not client.queue().get("queue_running"):
-            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            mine, theirs = client.queue(), other.queue()
+            if (mine.get("queue_running") and not theirs.get("queue_running") and not theirs.get("queue_pending")
+                    and _finished_on(out, other.url) >= 1):
+                break
+            time.sleep(0.02)
         server.process.kill()  # a crash, not a shutdown
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -167,19 +180,21 @@ def test_server_killed_mid_batch_then_restarted_and_rerun_renders_each_job_exact
 
 
 @pytest.mark.slow
-def test_jobs_spread_over_two_servers_and_a_dead_servers_jobs_move_to_the_other(
-        comfy: ComfyClient, extra_server_factory: Any, job_file: Path, tmp_path: Path,
+def test_a_server_killed_with_jobs_in_its_queue_while_the_other_is_idle_hands_them_all_to_the_other(
+        comfy: ComfyClient, extra_server_factory: Any, tmp_path: Path, example_sketches: list[Path],
         fast_fields: dict[str, Any]) -> None:
-    jobs = read_jobs(job_file)
+    jobs = read_jobs(write_job_file(tmp_path, example_sketches[:3], ["a pastel study of it"]))
     out = tmp_path / "out"
     doomed = extra_server_factory("doomed")
-    watcher = _kill_while_running(doomed)
-    result = run_batch(_settings(out, fast_fields), jobs, [doomed.url, comfy.url])
+    settings = _settings(out, fast_fields)
+    settings.slots = 2  # doomed takes two jobs (one running, one queued), the live server one
+    watcher = _kill_when_other_is_idle(out, doomed, comfy)
+    result = run_batch(settings, jobs, [doomed.url, comfy.url])
     watcher.join()
-    assert result.ok and len(result.done) == 6 and result.dead_servers == [doomed.url]
-    # The doomed server died with a job in flight: that job, and all the others, finished on the live one.
+    assert result.ok and len(result.done) == 3 and result.dead_servers == [doomed.url] and not result.unfinished
+    # The doomed server died with jobs in its queue: they, and all the others, finished on the live one.
     assert {m["server"] for m in read_manifests(out)} == {comfy.url}
-    assert len(list((out / "renders").glob("*.png"))) == 6
+    assert len(list((out / "renders").glob("*.png"))) == 3
 
 
 def test_no_live_server_is_a_preflight_error(job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
