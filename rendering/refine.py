@@ -42,7 +42,9 @@ def derived_pipeline(pipe: Any, kind: str) -> Any:
     """
     from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetInpaintPipeline
 
-    cls = StableDiffusionControlNetImg2ImgPipeline if kind == "img2img" else StableDiffusionControlNetInpaintPipeline
+    cls: Any = (
+        StableDiffusionControlNetImg2ImgPipeline if kind == "img2img" else StableDiffusionControlNetInpaintPipeline
+    )
     derived = cls(**pipe.components, requires_safety_checker=False)
     derived.set_progress_bar_config(disable=True)
     return derived
