@@ -86,7 +86,8 @@ def test_the_sampler_lists_the_new_inputs_as_optional_with_defaults(comfy: Comfy
         1,
         2,
     )
-    assert info["input_order"]["optional"][-2:] == list(NEW_INPUTS)  # after every older widget
+    # after every widget that existed before them (the hires/inpaint inputs came later still)
+    assert info["input_order"]["optional"][:4] == ["style", "style_weights", *NEW_INPUTS]
 
 
 def test_every_sampler_renders_through_post_prompt_and_each_differs(comfy: ComfyClient, inputs) -> None:
