@@ -47,6 +47,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="IP-Adapter blocks: style (default), composition, style_and_composition, full",
     )
     render.add_argument(
+        "--edges",
+        choices=("lines", "canny"),
+        default="lines",
+        help="control image from the sketch: lines = 1-pixel centre lines (default, as the bundled workflow), "
+        "canny = Canny edges of both sides of every stroke",
+    )
+    render.add_argument("--upscale", type=float, default=1.0, help="above 1 (up to 2): add a hires pass")
+    render.add_argument("--hires-denoise", type=float, default=rr.DEFAULT_HIRES_DENOISE)
+    render.add_argument(
         "--sampler",
         choices=SAMPLER_NAMES,
         default=DEFAULT_SAMPLER,
@@ -112,7 +121,7 @@ def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
 def _render(args: argparse.Namespace) -> int:
     import torch
 
-    from ..rendering.canny import sketch_to_edges
+    from ..rendering.canny import CannySettings, sketch_to_edges
     from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
     from ..rendering.images import read_image, write_image
     from ..rendering.render_request import IpAdapterMode, RenderRequest
@@ -130,7 +139,7 @@ def _render(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=device,
     )
-    edges = sketch_to_edges(read_image(args.sketch))
+    edges = sketch_to_edges(read_image(args.sketch), CannySettings(mode=args.edges))
     request = RenderRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -146,6 +155,8 @@ def _render(args: argparse.Namespace) -> int:
         height=args.height,
         sampler=args.sampler,
         clip_skip=args.clip_skip,
+        upscale=args.upscale,
+        hires_denoise=args.hires_denoise,
     )
     start = time.perf_counter()
     pipeline = DEFAULT_CACHE.get(spec)

@@ -69,8 +69,8 @@ class HybridPipelineLoader(io.ComfyNode):
             display_name="Hybrid Pipeline Loader (SD1.5 + ControlNet + IP-Adapter)",
             category=CATEGORY,
             description=(
-                "Loads an SD1.5 checkpoint, a canny ControlNet and an IP-Adapter with its image encoder once and "
-                "keeps them warm; changing one file reloads only that model."
+                "Loads an SD1.5 checkpoint, a ControlNet (canny, lineart, scribble ...) and an IP-Adapter with its "
+                "image encoder once and keeps them warm; changing one file reloads only that model."
             ),
             inputs=[
                 io.Combo.Input(
@@ -81,7 +81,8 @@ class HybridPipelineLoader(io.ComfyNode):
                 io.Combo.Input(
                     "controlnet",
                     options=_choices("controlnet"),
-                    tooltip="SD1.5 canny ControlNet from models/controlnet (.pth or .safetensors).",
+                    tooltip="An SD1.5 ControlNet from models/controlnet (.pth or .safetensors): canny for the Canny "
+                    "node's edges or lines, lineart/scribble for its lines mode.",
                 ),
                 io.Combo.Input(
                     "ip_adapter",
@@ -152,7 +153,7 @@ class HybridSampler(io.ComfyNode):
             display_name="Hybrid ControlNet + IP-Adapter Sampler",
             category=CATEGORY,
             description=(
-                "Renders the sketch with SD1.5: structure locked by the canny ControlNet, style taken from the "
+                "Renders the sketch with SD1.5: structure locked by the ControlNet, style taken from the "
                 "reference image(s) through IP-Adapter."
             ),
             inputs=[

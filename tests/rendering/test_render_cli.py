@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from sketch_rag.cli.main import main
+from sketch_rag.rendering.images import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,3 +84,29 @@ def test_render_without_models_names_the_folder_and_what_to_download(
     assert main(render_args(sketch, tmp_path / "empty", tmp_path / "o.png", "--style", str(style))) == 2
     error = capsys.readouterr().err
     assert "checkpoints" in error and "v1-5-pruned-emaonly.safetensors" in error
+
+
+def test_render_conditions_on_the_sketchs_lines_by_default_and_on_canny_edges_when_asked(
+    tmp_path: Path, sketch: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sketch_rag.rendering import canny
+
+    # The tiny ControlNet barely moves a 64 px render, so check the control image handed to the pipeline.
+    made: list[np.ndarray] = []
+    original = canny.sketch_to_edges
+    monkeypatch.setattr(canny, "sketch_to_edges", lambda image, settings=None: made.append(
+        original(image, settings)) or made[-1])
+    style = ["--style", str(REPO / "style_library" / "hokusai_great_wave.jpg")]
+    for extra in ([], ["--edges", "lines"], ["--edges", "canny"]):
+        assert main([*render_args(sketch, models_dir, tmp_path / "out.png", *style), *extra]) == 0
+    default, lines, edges = made
+    assert np.array_equal(default, lines) and not np.array_equal(lines, edges)
+    assert np.array_equal(lines, original(read_image(sketch), canny.CannySettings(mode="lines")))
+
+
+def test_render_with_upscale_adds_a_hires_pass(tmp_path: Path, sketch: Path, models_dir: Path) -> None:
+    out = tmp_path / "hires.png"
+    style = ["--style", str(REPO / "style_library" / "hokusai_great_wave.jpg")]
+    assert main([*render_args(sketch, models_dir, out, *style), "--upscale", "1.5"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (96, 96)
