@@ -23,6 +23,13 @@ median over rounds of ``(server wall time - the server's own execution time) / j
 runner adds by not keeping the server busy (uploads, downloads, scoring not overlapped with rendering),
 apart from ComfyUI's own per-job cost; ``overhead_ratio`` is
 ``server wall time / in-process wall time - 1`` over all rounds (0.10 = 10 % slower through the server).
+
+ComfyUI's prompt worker pauses for a full ``gc.collect()`` (a few hundred ms here) at most every 10 s;
+whether a round meets one is chance. So the overhead is also given without those pauses
+(``overhead_ms_per_job_outside_comfyui_gc``, their steady share on its own as ``comfyui_gc_ms_per_job``),
+and without the batch's once-per-batch start and end as well (``overhead_ms_per_job_steady``: pre-flight
+and first upload before the first job starts, the last job's collection, ``batch.json`` and the contact
+sheet after the last one ends), all read from the server's history stamps.
 The overhead per job is roughly constant, so with real models (seconds to minutes per render) the ratio
 is far smaller than with the tiny ones. The details line (stderr) breaks a server job's time down:
 upload, POST /prompt, queue wait, execution (as the client saw it and as the server's history stamps
@@ -111,6 +118,7 @@ class ServerSide:
         self.server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
                                    extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
                                    env=env)
+        self.started = 0.0
 
     def batch(self, batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
         """(wall seconds, manifests) for rendering ``batch_jobs`` into ``out``."""
@@ -119,6 +127,7 @@ class ServerSide:
 
         settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
                                  common=dict(self.common), progress=False)
+        self.started = time.time()  # the clock of the server's history stamps
         start = time.perf_counter()
         result = run_batch(settings, batch_jobs, [self.server.url])
         seconds = time.perf_counter() - start
@@ -128,12 +137,12 @@ class ServerSide:
                                f"{errors}; see the server log {self.server.log_path}")
         return seconds, result.done
 
-    def prompt_gaps(self, done: Sequence[Mapping[str, Any]]) -> list[float]:
-        """Seconds between one job's end and the next one's start on the server, from its history stamps.
+    def prompt_spans(self, done: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+        """Each job's (start, end) of execution on the server, in time.time() seconds, from its history stamps.
 
-        With two slots the next job is already queued when one ends, so a gap is the server's own time
-        between prompts: about a millisecond, except when ComfyUI's prompt worker runs its periodic full
-        ``gc.collect()`` (main.py: at most every 10 s, between prompts or while idle).
+        With two slots the next job is already queued when one ends, so a gap between two spans is the
+        server's own time between prompts: about a millisecond, except when ComfyUI's prompt worker runs its
+        periodic full ``gc.collect()`` (main.py: at most every 10 s, between prompts or while idle).
         """
         from sketch_rag.cli.comfyui_client import ComfyClient
 
@@ -146,8 +155,7 @@ class ServerSide:
             start, end = stamps.get("execution_start"), stamps.get("execution_success")
             if isinstance(start, (int, float)) and isinstance(end, (int, float)):
                 spans.append((start / 1000.0, end / 1000.0))
-        spans.sort()
-        return [max(0.0, nxt[0] - prev[1]) for prev, nxt in itertools.pairwise(spans)]
+        return sorted(spans)
 
     def stop(self) -> None:
         self.server.stop()
@@ -297,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle_ms: list[float] = []
     pauses: list[list[float]] = []  # per server round: ComfyUI's gc pauses between its prompts, ms
     gap_ms: list[float] = []  # every other gap between two prompts, ms
+    ends_ms: list[float] = []  # per server round: the batch's time before its first and after its last job, ms
     with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -321,7 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # The server's execution stamps: what of the wall time it spent rendering, not waiting for us.
                     busy = sum(m["timings"].get("server_exec_s", 0.0) for m in done)
                     idle_ms.append(round(1000.0 * (seconds - busy) / n, 1))
-                    gaps = server.prompt_gaps(done)  # after the timing: costs the round nothing
+                    spans = server.prompt_spans(done)  # after the timing: costs the round nothing
+                    gaps = [max(0.0, nxt[0] - prev[1]) for prev, nxt in itertools.pairwise(spans)]
+                    # Once per batch, not per job: pre-flight and the first upload before the first start,
+                    # the last job's collection and batch.json + contact sheet after the last end.
+                    ends_ms.append(round(1000.0 * ((spans[0][0] - server.started)
+                                                   + (server.started + seconds - spans[-1][1])), 1))
                     pauses.append([round(1000.0 * g, 1) for g in gaps if g * 1000.0 >= PAUSE_MS])
                     gap_ms.extend(1000.0 * g for g in gaps if g * 1000.0 < PAUSE_MS)
 
@@ -341,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # which makes the raw figure flip between two values; its steady share is reported on its own.
     outside_gc_ms = [round((1000.0 * (s - i) - sum(p)) / n, 1)
                      for s, i, p in zip(server_times, inproc_times, pauses, strict=True)]
+    # ... and without the batch's own start and end too: what each further job of a long batch adds.
+    steady_ms = [round((1000.0 * (s - i) - sum(p) - e) / n, 1)
+                 for s, i, p, e in zip(server_times, inproc_times, pauses, ends_ms, strict=True)]
     all_pauses = [p for round_pauses in pauses for p in round_pauses]
     gc_pause_ms = statistics.median(all_pauses) if all_pauses else 0.0
     server_s, inproc_s = sum(server_times), sum(inproc_times)
@@ -356,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             m["timings"].get(key, 0.0) for m in manifests), 1) for key in BREAKDOWN},
         "server_gap_between_prompts_median_ms": round(statistics.median(gap_ms), 1) if gap_ms else None,
         "comfyui_gc_pauses_ms_rounds": pauses,
+        "server_batch_ends_ms_rounds": ends_ms,
     }
     print("details: " + json.dumps(details), file=sys.stderr)
     total = n * args.rounds
@@ -366,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "overhead_ms_per_job_rounds": per_round_ms,
                       "overhead_ms_per_job_outside_comfyui_gc": round(statistics.median(outside_gc_ms), 1),
                       "overhead_ms_per_job_outside_comfyui_gc_rounds": outside_gc_ms,
+                      "overhead_ms_per_job_steady": round(statistics.median(steady_ms), 1),
                       "comfyui_gc_pause_ms": round(gc_pause_ms, 1),
                       # One pause per GC_INTERVAL_S of rendering, spread over the jobs rendered meanwhile.
                       "comfyui_gc_ms_per_job": round(gc_pause_ms * (server_s / total) / GC_INTERVAL_S, 1),
