@@ -16,25 +16,38 @@ process, so a regression in the server path shows up as a number. Issue 10 targe
 
 Both sides first render one untimed warm-up job (model loading and library indexing are one-off costs
 of either path, not per-job overhead), then ``--rounds`` rounds of ``--jobs`` fresh jobs each, the two
-sides taking turns round by round so a change in machine load hits both. ``overhead_ms_per_job`` is the
+sides taking turns round by round (which side goes first alternating) so a change in machine load hits both;
+medians over rounds keep a load spike in one round out of the figure. ``overhead_ms_per_job`` is the
 median over rounds of ``(server wall time - in-process wall time) / jobs``; ``server_idle_ms_per_job`` the
 median over rounds of ``(server wall time - the server's own execution time) / jobs``, i.e. what the batch
 runner adds by not keeping the server busy (uploads, downloads, scoring not overlapped with rendering),
 apart from ComfyUI's own per-job cost; ``overhead_ratio`` is
 ``server wall time / in-process wall time - 1`` over all rounds (0.10 = 10 % slower through the server).
+
+ComfyUI's prompt worker pauses for a full ``gc.collect()`` (a few hundred ms here) at most every 10 s;
+whether a round meets one is chance. So the overhead is also given without those pauses
+(``overhead_ms_per_job_outside_comfyui_gc``, their steady share on its own as ``comfyui_gc_ms_per_job``),
+and without the batch's once-per-batch start and end as well (``overhead_ms_per_job_steady``: pre-flight
+and first upload before the first job starts, the last job's collection, ``batch.json`` and the contact
+sheet after the last one ends), all read from the server's history stamps.
 The overhead per job is roughly constant, so with real models (seconds to minutes per render) the ratio
 is far smaller than with the tiny ones. The details line (stderr) breaks a server job's time down:
 upload, POST /prompt, queue wait, execution (as the client saw it and as the server's history stamps
 it), how long after the server's end the client had the result (websocket + /history), /view downloads,
 PNG writes, scoring.
 
-    python bench/batch.py                     # 3 rounds of 8 jobs, 64 px, 20 steps
-    python bench/batch.py --steps 4           # a quicker smoke run (overhead dominates, ratio is large)
+    python bench/batch.py                     # 7 rounds of 12 jobs, 64 px, 8 steps
+    python bench/batch.py --steps 20          # the ratio at a usual step count (the overhead per job barely moves)
+    python bench/batch.py --rounds 3 --jobs 4 # a quick smoke run (noisier)
+
+The ``run_batch`` wall time includes its per-batch work (pre-flight against the server's node types,
+``batch.json`` and the contact sheet), spread over ``--jobs``; with many jobs per batch it fades.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -105,6 +118,7 @@ class ServerSide:
         self.server = start_server(comfy_dir, port=free_port(), cpu=True, log_path=work / "comfyui.log",
                                    extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
                                    env=env)
+        self.started = 0.0
 
     def batch(self, batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
         """(wall seconds, manifests) for rendering ``batch_jobs`` into ``out``."""
@@ -113,6 +127,7 @@ class ServerSide:
 
         settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
                                  common=dict(self.common), progress=False)
+        self.started = time.time()  # the clock of the server's history stamps
         start = time.perf_counter()
         result = run_batch(settings, batch_jobs, [self.server.url])
         seconds = time.perf_counter() - start
@@ -121,6 +136,26 @@ class ServerSide:
             raise RuntimeError(f"server batch did not render every job ({len(result.done)}/{len(batch_jobs)}): "
                                f"{errors}; see the server log {self.server.log_path}")
         return seconds, result.done
+
+    def prompt_spans(self, done: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+        """Each job's (start, end) of execution on the server, in time.time() seconds, from its history stamps.
+
+        With two slots the next job is already queued when one ends, so a gap between two spans is the
+        server's own time between prompts: about a millisecond, except when ComfyUI's prompt worker runs its
+        periodic full ``gc.collect()`` (main.py: at most every 10 s, between prompts or while idle).
+        """
+        from sketch_rag.cli.comfyui_client import ComfyClient
+
+        client = ComfyClient(self.server.url)
+        spans = []
+        for manifest in done:
+            entry = client.history(manifest["prompt_id"]) or {}
+            stamps = {kind: data.get("timestamp") for kind, data in (entry.get("status") or {}).get("messages", [])
+                      if isinstance(data, dict)}
+            start, end = stamps.get("execution_start"), stamps.get("execution_success")
+            if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+                spans.append((start / 1000.0, end / 1000.0))
+        return sorted(spans)
 
     def stop(self) -> None:
         self.server.stop()
@@ -227,6 +262,12 @@ def run_inprocess(renderer: InProcessRenderer, jobs: Sequence[Job], common: Mapp
     return seconds
 
 
+PAUSE_MS = 100.0
+"""A gap between two prompts at least this long is ComfyUI's periodic gc pause (see ``ServerSide.prompt_gaps``);
+the ordinary gap is about a millisecond, the pause a few hundred (a full collection of ~0.5 M objects)."""
+GC_INTERVAL_S = 10.0
+"""ComfyUI's ``gc_collect_interval`` (main.py, ``prompt_worker``): the shortest time between two of its pauses."""
+
 BREAKDOWN = ("upload_s", "queue_s", "queue_wait_s", "render_s", "server_exec_s", "end_seen_after_s", "download_s",
              "write_s", "score_s", "total_s")
 """The per-job timings a manifest records, in the order a job goes through them."""
@@ -234,13 +275,16 @@ BREAKDOWN = ("upload_s", "queue_s", "queue_wait_s", "render_s", "server_exec_s",
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side and round (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="timed rounds, the sides taking turns (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=12, help="timed jobs per side and round (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timed rounds, the sides taking turns, each round's first side alternating; the "
+                        "figures are medians over rounds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads on each side; one keeps the figures steady on a shared machine, where "
                         "two contending threads run several times slower (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps per job (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="sampling steps per job; the overhead per job hardly depends on it, while the noise "
+                        "of a shared machine grows with the render time (default: %(default)s)")
     parser.add_argument("--height", type=int, default=64, help="render height and edge-map short side, multiple of 8 "
                         "(default: %(default)s)")
     parser.add_argument("--comfyui-dir", type=Path, default=DEFAULT_COMFYUI,
@@ -259,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = common_fields(args.steps, args.height)
     n, server_times, inproc_times, manifests = args.jobs, [], [], []
     idle_ms: list[float] = []
+    pauses: list[list[float]] = []  # per server round: ComfyUI's gc pauses between its prompts, ms
+    gap_ms: list[float] = []  # every other gap between two prompts, ms
+    ends_ms: list[float] = []  # per server round: the batch's time before its first and after its last job, ms
     with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -275,18 +322,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             inproc_warm = time.perf_counter() - start
             for round_no in range(args.rounds):
                 jobs = make_jobs(n, sketches, first_seed=1000 + round_no * n)
-                seconds, done = server.batch(jobs, work / f"server_out_{round_no}")
-                server_times.append(seconds)
-                manifests.extend(done)
-                # The server's own execution stamps: what of the wall time it spent rendering, not waiting for us.
-                idle_ms.append(round(1000.0 * (seconds - sum(m["timings"].get("server_exec_s", 0.0) for m in done))
-                                     / n, 1))
-                inproc_times.append(run_inprocess(renderer, jobs, common, work / f"inprocess_out_{round_no}"))
+
+                def server_round(jobs: Sequence[Job] = jobs, round_no: int = round_no) -> None:
+                    seconds, done = server.batch(jobs, work / f"server_out_{round_no}")
+                    server_times.append(seconds)
+                    manifests.extend(done)
+                    # The server's execution stamps: what of the wall time it spent rendering, not waiting for us.
+                    busy = sum(m["timings"].get("server_exec_s", 0.0) for m in done)
+                    idle_ms.append(round(1000.0 * (seconds - busy) / n, 1))
+                    spans = server.prompt_spans(done)  # after the timing: costs the round nothing
+                    gaps = [max(0.0, nxt[0] - prev[1]) for prev, nxt in itertools.pairwise(spans)]
+                    # Once per batch, not per job: pre-flight and the first upload before the first start,
+                    # the last job's collection and batch.json + contact sheet after the last end.
+                    ends_ms.append(round(1000.0 * ((spans[0][0] - server.started)
+                                                   + (server.started + seconds - spans[-1][1])), 1))
+                    pauses.append([round(1000.0 * g, 1) for g in gaps if g * 1000.0 >= PAUSE_MS])
+                    gap_ms.extend(1000.0 * g for g in gaps if g * 1000.0 < PAUSE_MS)
+
+                def inprocess_round(jobs: Sequence[Job] = jobs, round_no: int = round_no) -> None:
+                    inproc_times.append(run_inprocess(renderer, jobs, common, work / f"inprocess_out_{round_no}"))
+
+                # Which side goes first alternates: a side that always ran second would always meet the
+                # other's leftovers (a warm page cache, a gc debt, a load spike that is just ending).
+                for side in (server_round, inprocess_round) if round_no % 2 == 0 else (inprocess_round, server_round):
+                    side()
         finally:
             renderer.close()
             server.stop()
 
     per_round_ms = [round(1000.0 * (s - i) / n, 1) for s, i in zip(server_times, inproc_times, strict=True)]
+    # The same without ComfyUI's gc pauses: whether a round meets one (0 or 1 in a ~6 s round) is chance,
+    # which makes the raw figure flip between two values; its steady share is reported on its own.
+    outside_gc_ms = [round((1000.0 * (s - i) - sum(p)) / n, 1)
+                     for s, i, p in zip(server_times, inproc_times, pauses, strict=True)]
+    # ... and without the batch's own start and end too: what each further job of a long batch adds.
+    steady_ms = [round((1000.0 * (s - i) - sum(p) - e) / n, 1)
+                 for s, i, p, e in zip(server_times, inproc_times, pauses, ends_ms, strict=True)]
+    all_pauses = [p for round_pauses in pauses for p in round_pauses]
+    gc_pause_ms = statistics.median(all_pauses) if all_pauses else 0.0
     server_s, inproc_s = sum(server_times), sum(inproc_times)
     details = {
         "steps": args.steps, "height": args.height, "threads": args.threads, "cpu_count": os.cpu_count(),
@@ -298,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Where a server job's time goes; medians over every timed job, in ms.
         "server_job_median_ms": {key.removesuffix("_s"): round(1000.0 * statistics.median(
             m["timings"].get(key, 0.0) for m in manifests), 1) for key in BREAKDOWN},
+        "server_gap_between_prompts_median_ms": round(statistics.median(gap_ms), 1) if gap_ms else None,
+        "comfyui_gc_pauses_ms_rounds": pauses,
+        "server_batch_ends_ms_rounds": ends_ms,
     }
     print("details: " + json.dumps(details), file=sys.stderr)
     total = n * args.rounds
@@ -306,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "overhead_ratio": round(server_s / inproc_s - 1.0, 4),
                       "overhead_ms_per_job": round(statistics.median(per_round_ms), 1),
                       "overhead_ms_per_job_rounds": per_round_ms,
+                      "overhead_ms_per_job_outside_comfyui_gc": round(statistics.median(outside_gc_ms), 1),
+                      "overhead_ms_per_job_outside_comfyui_gc_rounds": outside_gc_ms,
+                      "overhead_ms_per_job_steady": round(statistics.median(steady_ms), 1),
+                      "comfyui_gc_pause_ms": round(gc_pause_ms, 1),
+                      # One pause per GC_INTERVAL_S of rendering, spread over the jobs rendered meanwhile.
+                      "comfyui_gc_ms_per_job": round(gc_pause_ms * (server_s / total) / GC_INTERVAL_S, 1),
                       "server_idle_ms_per_job": round(statistics.median(idle_ms), 1),
                       "server_idle_ms_per_job_rounds": idle_ms}))
     return 0

@@ -59,13 +59,15 @@ def contact_sheet(rows: Sequence[dict[str, Any]], out_dir: Path, path: Path, cel
         for col, source in enumerate(paths):
             if source and Path(source).is_file():
                 with Image.open(source) as image:
-                    thumb = image.convert("RGB")
+                    # Scaled before converting (grey and RGB scale as they are; others, e.g. palettes, would
+                    # scale by nearest neighbour): only the thumbnail's pixels are converted.
+                    thumb = image if image.mode in ("L", "RGB") else image.convert("RGB")
                     thumb.thumbnail((cell, cell))
-                    sheet.paste(thumb, (col * cell, top))
+                    sheet.paste(thumb.convert("RGB"), (col * cell, top))
         scores = f"structure {row.get('structure_fidelity', 0) or 0:.3f}  style {row.get('style_similarity') or 0:.3f}"
         styles = ", ".join(row.get("styles") or []) or "-"
         text = f"{row.get('prompt', '')[:70]}\n{styles[:60]}\n{scores}{'  ERROR' if row.get('error') else ''}"
         draw.multiline_text((4, top + cell + 2), text, fill=(235, 235, 235))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    sheet.save(path, compress_level=1)  # like the renders: level 6 triples the time for a few % of size
     return path

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,16 @@ class ComfyClient:
     # -- plain endpoints -------------------------------------------------------------------
     def object_info(self) -> dict[str, Any]:
         return self._json("GET", "/object_info")
+
+    def node_info(self, class_types: Iterable[str]) -> dict[str, Any]:
+        """``/object_info`` for only these node types (one ``/object_info/{type}`` each); unknown ones are absent.
+
+        Much cheaper than the full listing, which the server builds for every installed node each time.
+        """
+        found: dict[str, Any] = {}
+        for class_type in sorted(set(class_types)):
+            found.update(self._json("GET", f"/object_info/{urllib.parse.quote(class_type, safe='')}"))
+        return found
 
     def upload_image(self, data: bytes, name: str, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload PNG/JPEG bytes to ComfyUI's input folder; returns the name LoadImage takes."""

@@ -200,3 +200,16 @@ def test_a_server_killed_with_jobs_in_its_queue_while_the_other_is_idle_hands_th
 def test_no_live_server_is_a_preflight_error(job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
     with pytest.raises(PreflightError, match="No ComfyUI server answered"):
         run_batch(_settings(tmp_path / "out", fast_fields), read_jobs(job_file), ["http://127.0.0.1:9"])
+
+
+def test_preflight_asks_only_for_the_workflows_node_types_and_names_one_the_server_lacks(
+        comfy: ComfyClient, job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
+    info = comfy.node_info(["SaveImage", "SketchRAGHybridSampler", "NoSuchNode", "SaveImage"])
+    assert sorted(info) == ["SaveImage", "SketchRAGHybridSampler"]  # an unknown type is absent, not an error
+    assert info["SaveImage"] == comfy.object_info()["SaveImage"]
+    settings = _settings(tmp_path / "out", fast_fields)
+    settings.workflow["99"] = {"class_type": "NoSuchNode", "inputs": {}}
+    before = history_size(comfy)
+    with pytest.raises(PreflightError, match="node 99 \\(NoSuchNode\\): the server has no node type 'NoSuchNode'"):
+        run_batch(settings, read_jobs(job_file), [comfy.url])
+    assert history_size(comfy) == before
