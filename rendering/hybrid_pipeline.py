@@ -130,12 +130,8 @@ class PipelineCache:
         del self._slots[role]
         if role in PIPELINE_ROLES:
             # The assembled pipeline (and the IP-Adapter inside its UNet) references the old model.
-            self._pipe = None
-            self._pipe_key = None
-            self._memory_key = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            self._forget_pipe()
+        _free_memory()
 
     def _slot(
         self, role: str, key: Hashable, load: Callable[[Any], Any], check: Callable[[], Any] | None = None
@@ -256,12 +252,13 @@ class PipelineCache:
                 log.info("Sketch RAG: released the warm models (%s)", ", ".join(sorted(self._slots)))
             self._slots.clear()
             self._loras.forget()
-            self._pipe = None
-            self._pipe_key = None
-            self._memory_key = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            self._forget_pipe()
+            _free_memory()
+
+    def _forget_pipe(self) -> None:
+        self._pipe = None
+        self._pipe_key = None
+        self._memory_key = None
 
     @property
     def lock(self) -> threading.RLock:
@@ -277,6 +274,13 @@ class PipelineCache:
         with self._lock:
             held = self._slots.get(role)
             return held.generation if held else None
+
+
+def _free_memory() -> None:
+    """Collect what dropped references freed, and hand CUDA's cached blocks back."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _assemble(sd: loading.Sd15Parts, controlnet: Any, encoder: Any) -> Any:
@@ -432,9 +436,7 @@ class HybridPipeline:
                     outputs.append(self._render(pipe, one, step, should_stop, latents, generator, which))
                 return np.concatenate(outputs)
             except torch.OutOfMemoryError as exc:
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                _free_memory()
                 raise InvalidParameterError(
                     f"Out of GPU memory rendering {checked[0].width}×{checked[0].height} × {per_edge} image(s). "
                     "Lower width/height or the batch size, or turn on attention slicing and VAE tiling in the loader."
