@@ -94,8 +94,12 @@ def test_render_conditions_on_the_sketchs_lines_by_default_and_on_canny_edges_wh
     # The tiny ControlNet barely moves a 64 px render, so check the control image handed to the pipeline.
     made: list[np.ndarray] = []
     original = canny.sketch_to_edges
-    monkeypatch.setattr(canny, "sketch_to_edges", lambda image, settings=None: made.append(
-        original(image, settings)) or made[-1])
+
+    def recording(image: np.ndarray, settings: canny.CannySettings | None = None) -> np.ndarray:
+        made.append(original(image, settings))
+        return made[-1]
+
+    monkeypatch.setattr(canny, "sketch_to_edges", recording)
     style = ["--style", str(REPO / "style_library" / "hokusai_great_wave.jpg")]
     for extra in ([], ["--edges", "lines"], ["--edges", "canny"]):
         assert main([*render_args(sketch, models_dir, tmp_path / "out.png", *style), *extra]) == 0
