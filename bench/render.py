@@ -172,6 +172,14 @@ def side_by_side(
     }
 
 
+def bench_request(edges: np.ndarray, style: np.ndarray, size: int, steps: int, **changes: Any) -> RenderRequest:
+    """The one render every row times (the plain-diffusers side mirrors these settings), with a row's changes."""
+    return RenderRequest(
+        "a watercolor house", edges, [style], negative_prompt="blurry", num_inference_steps=steps, width=size,
+        height=size, ip_adapter_scale=0.8, ip_adapter_mode=IpAdapterMode.FULL, **changes,
+    )
+
+
 HIRES_UPSCALE = 1.5
 HIRES_DENOISE = 0.5
 
@@ -190,11 +198,7 @@ def hires_row(
     big = hires_size(size, size, HIRES_UPSCALE)
     img2img: Any = StableDiffusionControlNetImg2ImgPipeline(**plain.components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
-    request = RenderRequest(
-        "a watercolor house", edges, [style], negative_prompt="blurry", num_inference_steps=steps, width=size,
-        height=size, ip_adapter_scale=0.8, ip_adapter_mode=IpAdapterMode.FULL, upscale=HIRES_UPSCALE,
-        hires_denoise=HIRES_DENOISE,
-    )
+    request = bench_request(edges, style, size, steps, upscale=HIRES_UPSCALE, hires_denoise=HIRES_DENOISE)
 
     def ours() -> Any:
         return cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
@@ -291,18 +295,7 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     for batch in args.batch:
-        request = RenderRequest(
-            "a watercolor house",
-            edges,
-            [style],
-            negative_prompt="blurry",
-            num_inference_steps=steps,
-            width=size,
-            height=size,
-            ip_adapter_scale=0.8,
-            ip_adapter_mode=IpAdapterMode.FULL,
-            num_images_per_prompt=batch,
-        )
+        request = bench_request(edges, style, size, steps, num_images_per_prompt=batch)
 
         def ours(request: RenderRequest = request) -> Any:
             return cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
@@ -399,19 +392,7 @@ def few_step_row(
     from PIL import Image
 
     def engine(sampler: str, steps: int, guidance: float) -> Callable[[], Any]:
-        request = RenderRequest(
-            "a watercolor house",
-            edges,
-            [style],
-            negative_prompt="blurry",
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            width=size,
-            height=size,
-            ip_adapter_scale=0.8,
-            ip_adapter_mode=IpAdapterMode.FULL,
-            sampler=sampler,
-        )
+        request = bench_request(edges, style, size, steps, guidance_scale=guidance, sampler=sampler)
         return lambda: cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
 
     lcm = engine("lcm", LCM_STEPS, lcm_guidance)
