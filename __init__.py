@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+WEB_DIRECTORY = "./web"
+"""The Style Library sidebar tab's plain ES modules (ComfyUI serves them under /extensions/)."""
+
 
 async def comfy_entrypoint() -> Any:
     """ComfyUI's V3 entry point: the extension that lists this pack's nodes."""

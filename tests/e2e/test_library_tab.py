@@ -1,0 +1,232 @@
+"""The Style Library sidebar tab in a real browser: Debian's chromium, headless, driven by Playwright.
+
+A user's whole round trip through the tab, against a real ComfyUI with the pack COPIED into custom_nodes (as a
+clone installs it): open the tab and see every shipped thumbnail, search and get the engine's own ranking, drop
+an image file onto the tab (a real ``drop`` event carrying a File) and find it again through search, edit its
+tags, move it to the trash and find its bytes in the trash folder. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright import sync_api
+
+from sketch_rag.cli.comfyui_server import ComfyServer, free_port, start_server
+from sketch_rag.retrieval.embedder import ClipEmbedder
+from sketch_rag.retrieval.library import SHIPPED_LIBRARY, default_roots, open_library
+from sketch_rag.retrieval.query import StyleQuery
+from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
+
+pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI_HOME = REPO / ".comfyui"
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+PACK_IGNORE = shutil.ignore_patterns(".venv", ".comfyui", ".pypath", ".git", "tests", "test-artifacts",
+                                     "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
+"""What a clone would not hold. ``.pypath`` (a worktree's import shim, a symlink back to the repository) would
+make copytree recurse into the copy forever."""
+TAB_BUTTON = ".sketch-rag-style-library-tab-button"
+QUERY = "ink wash mountains"
+SEARCH_K = 16
+"""The tab asks for this many results (style_library_tab.js); the shipped library has as many styles."""
+
+DROP_FILES = """async ([files, target]) => {
+    const transfer = new DataTransfer();
+    for (const [name, type, b64] of files) {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        transfer.items.add(new File([bytes], name, {type}));
+    }
+    const where = document.querySelector(target);
+    for (const kind of ['dragenter', 'dragover', 'drop'])
+        where.dispatchEvent(new DragEvent(kind, {bubbles: true, cancelable: true, dataTransfer: transfer}));
+}"""
+"""Drop files onto the tab as the browser does for a drag from the desktop: DragEvents carrying a DataTransfer."""
+ALL_THUMBNAILS_SHOWN = """(n) => {
+    const images = [...document.querySelectorAll('.srl-tab .srl-grid .srl-card img')];
+    return images.length === n && images.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def shipped_count() -> int:
+    return len(json.loads((SHIPPED_LIBRARY / "library.json").read_text(encoding="utf-8")))
+
+
+def png_bytes(seed: int, side: int = 96) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def post_json(url: str, body: Any) -> bytes:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def engine_ranking(base: Path, store: Path, text: str, k: int, image: np.ndarray | None = None) -> list[tuple[str, float]]:
+    """The ranking the engine gives for ``text`` over the server's default library, from this process."""
+    models = base / "models" / CLIP_MODELS_SUBFOLDER
+    model = next(p for p in sorted(models.iterdir()) if p.is_dir())
+    embedder = ClipEmbedder.load(str(model), search_dirs=[models])
+    library, _ = open_library(default_roots(base / "user" / "sketch_rag" / "styles"), embedder, store)
+    try:
+        query = StyleQuery(text=text, k=k) if image is None else StyleQuery(image=image, k=k)
+        return [(m.item_id, m.score) for m in library.query(query)]
+    finally:
+        library.close()
+
+
+@pytest.fixture(scope="module")
+def pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) -> Iterator[tuple[ComfyServer, Path]]:
+    base = tmp_path_factory.mktemp("library_tab_base")
+    shutil.copytree(REPO, base / "custom_nodes" / "sketch_rag", ignore=PACK_IGNORE)
+    for folder in ("input", "output", "user", "temp"):
+        (base / folder).mkdir()
+    (base / "models").symlink_to(comfy_base_dir / "models", target_is_directory=True)
+    server = start_server(COMFYUI_HOME / "ComfyUI", port=free_port(), cpu=True, log_path=base / "comfyui.log",
+                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
+                          env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    post_json(f"{server.url}/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
+    yield server, base
+    server.stop()
+
+
+@pytest.fixture
+def page(tmp_path: Path, pack_server: tuple[ComfyServer, Path]) -> Iterator[sync_api.Page]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    server, _ = pack_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
+            page.wait_for_function("() => window.app && window.app.graph", timeout=120_000)
+            page.locator(TAB_BUTTON).wait_for(timeout=60_000)
+            yield page
+            assert [e for e in errors if "srl" in e or "sketch_rag" in e or "style_library" in e] == []
+        finally:
+            context.close()
+
+
+def shown_ids(page: sync_api.Page) -> list[str]:
+    return page.locator(".srl-tab .srl-grid .srl-card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+
+
+def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
+        page: sync_api.Page, pack_server: tuple[ComfyServer, Path], tmp_path: Path) -> None:
+    server, base = pack_server
+    api = f"{server.url}/sketch_rag/library"
+    shipped = shipped_count()
+
+    # Open the tab: every shipped style appears with its thumbnail, name and tags.
+    page.locator(TAB_BUTTON).click()
+    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped, timeout=120_000)
+    listing = get_json(f"{api}/styles")
+    assert shown_ids(page) == [s["id"] for s in listing["styles"]] and listing["count"] == shipped
+    first = listing["styles"][0]
+    card = page.locator(f'.srl-card[data-id="{first["id"]}"]')
+    assert card.locator("img").get_attribute("alt") == first["name"]
+    assert card.locator(".srl-tags").inner_text() == ", ".join(first["tags"])
+    page.screenshot(path=str(ARTIFACTS / "library_tab_open.png"))
+
+    # A shipped style seen large: its metadata, and no way to edit or remove it.
+    card.click()
+    detail = page.locator(".srl-detail")
+    assert detail.locator('dd[data-field="artist"]').inner_text() == first["text"]["artist"]
+    assert detail.locator('dd[data-field="license"]').inner_text() == first["text"]["license"]
+    assert detail.locator(".srl-readonly").is_visible() and detail.get_by_role("button", name="Move to trash").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "library_tab_detail.png"))
+    detail.get_by_role("button", name="All styles").click()
+
+    # Search: the tab shows the engine's ranking for the same query, with its cosine scores.
+    page.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.locator(".srl-grid.srl-ranked .srl-card").first.wait_for()
+    shown = page.locator(".srl-grid.srl-ranked .srl-card").evaluate_all(
+        "cards => cards.map(c => [c.dataset.id, Number(c.dataset.score)])")
+    expected = engine_ranking(base, tmp_path / "store_1", QUERY, SEARCH_K)
+    assert [i for i, _ in shown] == [i for i, _ in expected]
+    assert np.allclose([s for _, s in shown], [s for _, s in expected], atol=1e-4)
+    page.screenshot(path=str(ARTIFACTS / "library_tab_search.png"))
+    page.get_by_role("button", name="Clear").click()
+
+    # A file that is not an image: the route's own message is shown to the user.
+    page.evaluate(DROP_FILES, [[["notes.txt", "text/plain", "bm90IGFuIGltYWdl"]], ".srl-tab"])
+    page.get_by_role("button", name="Add to library").click()
+    error = page.locator('.srl-status[data-severity="error"]')
+    error.wait_for()
+    assert "notes.txt" in error.inner_text()
+    page.get_by_role("button", name="Cancel").click()
+
+    # Drop an image onto the tab, name and tag it, add it: it appears, and the search finds it.
+    dropped = png_bytes(seed=11)
+    page.evaluate(DROP_FILES, [[["my_drop.png", "image/png", base64.b64encode(dropped).decode()]], ".srl-tab"])
+    assert page.locator(".srl-staged li").all_inner_texts() == ["my_drop.png"]
+    page.get_by_role("textbox", name="Name of the new style").fill("Dropped noise")
+    page.get_by_role("textbox", name="Tags of the new style, comma separated").fill("dropped, noise")
+    page.get_by_role("button", name="Add to library").click()
+    new_card = page.get_by_role("button", name="Show Dropped noise")
+    new_card.wait_for()
+    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped + 1)
+    user_styles = base / "user" / "sketch_rag" / "styles"
+    written = [p for p in user_styles.rglob("*") if p.is_file() and p.read_bytes() == dropped]
+    assert len(written) == 1, f"the dropped image is not in {user_styles}: {sorted(user_styles.rglob('*'))}"
+    new_id = new_card.get_attribute("data-id")
+    page.get_by_role("combobox", name="Filter by tag").select_option("dropped")
+    page.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.wait_for_function("(id) => [...document.querySelectorAll('.srl-ranked .srl-card')]"
+                           ".map(c => c.dataset.id).join() === id", arg=new_id)
+    as_query = np.asarray(Image.open(io.BytesIO(dropped)).convert("RGB"), dtype=np.float32) / 255.0
+    assert engine_ranking(base, tmp_path / "store_2", "", 1, image=as_query)[0][0] == new_id
+    page.screenshot(path=str(ARTIFACTS / "library_tab_added.png"))
+    page.get_by_role("button", name="Clear").click()
+    page.get_by_role("combobox", name="Filter by tag").select_option("")
+
+    # Edit its tags in the detail view: the server keeps them.
+    page.get_by_role("button", name="Show Dropped noise").click()
+    page.get_by_role("textbox", name="Style tags, comma separated").fill("dropped, edited")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_function("() => document.querySelector('.srl-detail dd[data-field=\"tags\"]')?.textContent"
+                           " === 'dropped, edited'")
+    kept = next(s for s in get_json(f"{api}/styles")["styles"] if s["id"] == new_id)
+    assert kept["tags"] == ["dropped", "edited"] and kept["name"] == "Dropped noise"
+    page.screenshot(path=str(ARTIFACTS / "library_tab_edited.png"))
+
+    # Move it to the trash: it leaves the grid, and its bytes are in the trash folder, not lost.
+    page.get_by_role("button", name="Move to trash").click()
+    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped)
+    assert new_id not in shown_ids(page)
+    assert "trash" in page.locator(".srl-status").inner_text()
+    trash = base / "user" / "sketch_rag" / "trash"
+    assert [p for p in trash.rglob("*") if p.is_file() and p.read_bytes() == dropped], f"nothing in {trash}"
+    assert not [p for p in user_styles.rglob("*") if p.is_file() and p.read_bytes() == dropped]
+    page.screenshot(path=str(ARTIFACTS / "library_tab_trashed.png"))
