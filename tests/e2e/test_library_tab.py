@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 from playwright import sync_api
 
@@ -43,7 +44,7 @@ make copytree recurse into the copy forever."""
 TAB_BUTTON = ".sketch-rag-style-library-tab-button"
 QUERY = "ink wash mountains"
 SEARCH_K = 16
-"""The tab asks for this many results (style_library_tab.js); the shipped library has as many styles."""
+"""The tab asks for this many results (style_library_tab.js): the whole shipped library is ranked."""
 
 DROP_FILES = """async ([files, target]) => {
     const transfer = new DataTransfer();
@@ -60,6 +61,16 @@ ALL_THUMBNAILS_SHOWN = """(n) => {
     const images = [...document.querySelectorAll('.srl-tab .srl-grid .srl-card img')];
     return images.length === n && images.every(i => i.complete && i.naturalWidth > 0);
 }"""
+
+
+def see_every_thumbnail(page: sync_api.Page, n: int) -> None:
+    """Wait for ``n`` cards, scroll through them (the grid loads thumbnails lazily) and wait for every image."""
+    cards = page.locator(".srl-tab .srl-grid .srl-card")
+    page.wait_for_function("(n) => document.querySelectorAll('.srl-tab .srl-grid .srl-card').length === n", arg=n,
+                           timeout=120_000)
+    cards.last.scroll_into_view_if_needed()
+    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=n, timeout=120_000)
+    cards.first.scroll_into_view_if_needed()
 
 
 def shipped_count() -> int:
@@ -85,7 +96,8 @@ def post_json(url: str, body: Any) -> bytes:
         return response.read()
 
 
-def engine_ranking(base: Path, store: Path, text: str, k: int, image: np.ndarray | None = None) -> list[tuple[str, float]]:
+def engine_ranking(base: Path, store: Path, text: str, k: int,
+                   image: np.ndarray | None = None) -> list[tuple[str, float]]:
     """The ranking the engine gives for ``text`` over the server's default library, from this process."""
     models = base / "models" / CLIP_MODELS_SUBFOLDER
     model = next(p for p in sorted(models.iterdir()) if p.is_dir())
@@ -148,7 +160,8 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
 
     # Open the tab: every shipped style appears with its thumbnail, name and tags.
     page.locator(TAB_BUTTON).click()
-    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped, timeout=120_000)
+    tab = page.locator(".srl-tab")
+    see_every_thumbnail(page, shipped)
     listing = get_json(f"{api}/styles")
     assert shown_ids(page) == [s["id"] for s in listing["styles"]] and listing["count"] == shipped
     first = listing["styles"][0]
@@ -162,13 +175,14 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     detail = page.locator(".srl-detail")
     assert detail.locator('dd[data-field="artist"]').inner_text() == first["text"]["artist"]
     assert detail.locator('dd[data-field="license"]').inner_text() == first["text"]["license"]
-    assert detail.locator(".srl-readonly").is_visible() and detail.get_by_role("button", name="Move to trash").count() == 0
+    assert detail.locator(".srl-readonly").is_visible()
+    assert detail.get_by_role("button", name="Move to trash").count() == 0
     page.screenshot(path=str(ARTIFACTS / "library_tab_detail.png"))
     detail.get_by_role("button", name="All styles").click()
 
     # Search: the tab shows the engine's ranking for the same query, with its cosine scores.
-    page.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
-    page.get_by_role("button", name="Search", exact=True).click()
+    tab.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
+    tab.get_by_role("button", name="Search", exact=True).click()
     page.locator(".srl-grid.srl-ranked .srl-card").first.wait_for()
     shown = page.locator(".srl-grid.srl-ranked .srl-card").evaluate_all(
         "cards => cards.map(c => [c.dataset.id, Number(c.dataset.score)])")
@@ -176,45 +190,49 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     assert [i for i, _ in shown] == [i for i, _ in expected]
     assert np.allclose([s for _, s in shown], [s for _, s in expected], atol=1e-4)
     page.screenshot(path=str(ARTIFACTS / "library_tab_search.png"))
-    page.get_by_role("button", name="Clear").click()
+    tab.get_by_role("button", name="Clear").click()
 
-    # A file that is not an image: the route's own message is shown to the user.
-    page.evaluate(DROP_FILES, [[["notes.txt", "text/plain", "bm90IGFuIGltYWdl"]], ".srl-tab"])
-    page.get_by_role("button", name="Add to library").click()
-    error = page.locator('.srl-status[data-severity="error"]')
+    # A file that is not an image: the route's own message is shown to the user, in the tab and as a toast.
+    not_image = b"not an image"
+    refused = requests.post(f"{api}/styles", files={"file": ("notes.txt", not_image, "text/plain")}, timeout=30)
+    assert refused.status_code == 400
+    page.evaluate(DROP_FILES, [[["notes.txt", "text/plain", base64.b64encode(not_image).decode()]], ".srl-tab"])
+    tab.get_by_role("button", name="Add to library").click()
+    error = tab.locator('.srl-status[data-severity="error"]')
     error.wait_for()
-    assert "notes.txt" in error.inner_text()
-    page.get_by_role("button", name="Cancel").click()
+    assert error.inner_text() == refused.json()["error"]
+    assert page.locator(".p-toast-message").filter(has_text=refused.json()["error"]).count() == 1
+    tab.get_by_role("button", name="Cancel").click()
 
     # Drop an image onto the tab, name and tag it, add it: it appears, and the search finds it.
     dropped = png_bytes(seed=11)
     page.evaluate(DROP_FILES, [[["my_drop.png", "image/png", base64.b64encode(dropped).decode()]], ".srl-tab"])
     assert page.locator(".srl-staged li").all_inner_texts() == ["my_drop.png"]
-    page.get_by_role("textbox", name="Name of the new style").fill("Dropped noise")
-    page.get_by_role("textbox", name="Tags of the new style, comma separated").fill("dropped, noise")
-    page.get_by_role("button", name="Add to library").click()
-    new_card = page.get_by_role("button", name="Show Dropped noise")
+    tab.get_by_role("textbox", name="Name of the new style").fill("Dropped noise")
+    tab.get_by_role("textbox", name="Tags of the new style, comma separated").fill("dropped, noise")
+    tab.get_by_role("button", name="Add to library").click()
+    new_card = tab.get_by_role("button", name="Show Dropped noise")
     new_card.wait_for()
-    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped + 1)
+    see_every_thumbnail(page, shipped + 1)
     user_styles = base / "user" / "sketch_rag" / "styles"
     written = [p for p in user_styles.rglob("*") if p.is_file() and p.read_bytes() == dropped]
     assert len(written) == 1, f"the dropped image is not in {user_styles}: {sorted(user_styles.rglob('*'))}"
     new_id = new_card.get_attribute("data-id")
-    page.get_by_role("combobox", name="Filter by tag").select_option("dropped")
-    page.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
-    page.get_by_role("button", name="Search", exact=True).click()
+    tab.get_by_role("combobox", name="Filter by tag").select_option("dropped")
+    tab.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
+    tab.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_function("(id) => [...document.querySelectorAll('.srl-ranked .srl-card')]"
                            ".map(c => c.dataset.id).join() === id", arg=new_id)
     as_query = np.asarray(Image.open(io.BytesIO(dropped)).convert("RGB"), dtype=np.float32) / 255.0
     assert engine_ranking(base, tmp_path / "store_2", "", 1, image=as_query)[0][0] == new_id
     page.screenshot(path=str(ARTIFACTS / "library_tab_added.png"))
-    page.get_by_role("button", name="Clear").click()
-    page.get_by_role("combobox", name="Filter by tag").select_option("")
+    tab.get_by_role("button", name="Clear").click()
+    tab.get_by_role("combobox", name="Filter by tag").select_option("")
 
     # Edit its tags in the detail view: the server keeps them.
-    page.get_by_role("button", name="Show Dropped noise").click()
-    page.get_by_role("textbox", name="Style tags, comma separated").fill("dropped, edited")
-    page.get_by_role("button", name="Save").click()
+    tab.get_by_role("button", name="Show Dropped noise").click()
+    tab.get_by_role("textbox", name="Style tags, comma separated").fill("dropped, edited")
+    tab.get_by_role("button", name="Save").click()
     page.wait_for_function("() => document.querySelector('.srl-detail dd[data-field=\"tags\"]')?.textContent"
                            " === 'dropped, edited'")
     kept = next(s for s in get_json(f"{api}/styles")["styles"] if s["id"] == new_id)
@@ -222,8 +240,8 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     page.screenshot(path=str(ARTIFACTS / "library_tab_edited.png"))
 
     # Move it to the trash: it leaves the grid, and its bytes are in the trash folder, not lost.
-    page.get_by_role("button", name="Move to trash").click()
-    page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=shipped)
+    tab.get_by_role("button", name="Move to trash").click()
+    see_every_thumbnail(page, shipped)
     assert new_id not in shown_ids(page)
     assert "trash" in page.locator(".srl-status").inner_text()
     trash = base / "user" / "sketch_rag" / "trash"

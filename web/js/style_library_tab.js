@@ -198,9 +198,11 @@ class StyleLibraryPanel {
            `#${item.rank} · cos ${item.score.toFixed(3)}`,
            item.relative ? el("span", { class: "srl-relative" }, ` · ${formatRelative(item.relative)}`) : "")
       : "";
+    // Lazy images: a 2,000-style library asks the server only for the thumbnails scrolled into view.
     const button = el("button", { type: "button", class: "srl-card", "data-id": item.id,
                                   "aria-label": `Show ${item.name}`, onclick: () => this.show(item.id) },
-                      el("img", { src: client.mediaURL(item.thumbnail), alt: item.name, decoding: "async" }),
+                      el("img", { src: client.mediaURL(item.thumbnail), alt: item.name, loading: "lazy",
+                                  decoding: "async", width: 256, height: 256 }),
                       el("span", { class: "srl-name" }, item.name),
                       el("span", { class: "srl-tags" }, (item.tags || []).join(", ")),
                       score);
