@@ -36,6 +36,7 @@ from ..errors import (
     AccessDeniedError,
     InvalidImageError,
     InvalidParameterError,
+    LibraryError,
     LibraryModelMismatchError,
     SketchRagError,
     StyleNotFoundError,
@@ -418,6 +419,10 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
             tags = checked_tags(form.get("tags", ""))
             files = [checked_upload(u) for u in uploads]  # every file checked before the library is touched
             library = open_library_for(params, sync=False)
+            try:
+                library.write_root()
+            except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
+                raise AccessDeniedError(str(exc)) from exc
             with _write_lock:
                 added = library.add_many(files, names, tags, access=_policy())
             records = library.synced_records()
