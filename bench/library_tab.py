@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from sketch_rag.cli.comfyui_install import install_comfyui
     from sketch_rag.cli.comfyui_server import free_port, start_server
-    from sketch_rag.cli.tiny_models import write_tiny_models
+    from sketch_rag.tiny_models.files import write_tiny_models
 
     if not CHROMIUM.exists():
         raise SystemExit("Debian's chromium is not installed: apt-get install -y chromium")

@@ -24,10 +24,10 @@ from PIL import Image
 from playwright import sync_api
 
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, start_server
+from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, default_roots, open_library
 from sketch_rag.retrieval.query import StyleQuery
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
@@ -99,7 +99,7 @@ def post_json(url: str, body: Any) -> bytes:
 def engine_ranking(base: Path, store: Path, text: str, k: int,
                    image: np.ndarray | None = None) -> list[tuple[str, float]]:
     """The ranking the engine gives for ``text`` over the server's default library, from this process."""
-    models = base / "models" / CLIP_MODELS_SUBFOLDER
+    models = base / "models" / STYLE_CLIP
     model = next(p for p in sorted(models.iterdir()) if p.is_dir())
     embedder = ClipEmbedder.load(str(model), search_dirs=[models])
     library, _ = open_library(default_roots(base / "user" / "sketch_rag" / "styles"), embedder, store)

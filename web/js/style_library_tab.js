@@ -252,7 +252,8 @@ class StyleLibraryPanel {
   async trash(style) {
     const removed = await this.run("Removing", () => client.trashStyle(style.id));
     if (!removed) return;
-    this.say("success", `Moved “${style.name}” to the trash folder ${removed.trashed}; move its files back to restore it.`);
+    this.say("success", `Moved “${style.name}” to the trash folder ${removed.trashed} in ComfyUI's user ` +
+                        "directory; move its files back to restore it.");
     this.hideDetail();
     await this.refresh();
   }
