@@ -42,7 +42,7 @@ from ..errors import (
     StyleNotFoundError,
     UploadTooLargeError,
 )
-from ..rendering.images import decode_image
+from ..imaging import decode_image
 from ..retrieval.folder import default_name
 from ..retrieval.images import EMBED_SIDE, open_rgb
 from ..retrieval.library import StyleLibrary

@@ -15,7 +15,7 @@ import re
 import threading
 from pathlib import Path
 
-from .hashing import sha256_file
+from ..hashing import sha256_file
 from .images import open_rgb
 from .state import FileRecord
 
@@ -56,7 +56,7 @@ def thumbnail(image: Path, sha256: str, cache_dir: Path, side: int = THUMBNAIL_S
     thumbnail at once, or an interrupted one, never leave a half-written file under the cached name.
 
     Raises:
-        InvalidImageError: the image cannot be read (see :func:`..rendering.images.decode_image`).
+        InvalidImageError: the image cannot be read (see :func:`..imaging.decode_image`).
     """
     target = thumbnail_path(cache_dir, sha256, side)
     if target.is_file():

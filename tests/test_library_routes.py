@@ -21,11 +21,12 @@ from PIL import Image
 
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_server import ComfyServer
+from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder
 from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, open_library
 from sketch_rag.retrieval.query import StyleQuery
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER, TINY_CLIP_NAME
+from sketch_rag.tiny_models.clip import TINY_CLIP_NAME
 
 pytestmark = pytest.mark.comfy
 
@@ -138,7 +139,7 @@ def test_search_ranks_exactly_as_the_engine_does_for_the_same_query(
         shutil.copytree(SHIPPED_LIBRARY, folder)
     tab = Tab(comfy_server.url, library="ranking")
     embedder = ClipEmbedder.load(TINY_CLIP_NAME, device="cpu",
-                                 search_dirs=[comfy_base_dir / "models" / CLIP_MODELS_SUBFOLDER])
+                                 search_dirs=[comfy_base_dir / "models" / STYLE_CLIP])
     engine, _ = open_library([LibraryRoot(folder.resolve(), "")], embedder, tmp_path / "store")
     for query, k, tags in (("an ink wash landscape with mountains", 5, []), ("woodblock print", 15, []),
                            ("a portrait", 3, ["oil painting"])):
