@@ -120,6 +120,9 @@ def pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) 
     server = start_server(COMFYUI_HOME / "ComfyUI", port=free_port(), cpu=True, log_path=base / "comfyui.log",
                           extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
                           env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    if "IMPORT FAILED" in server.log_text():
+        server.stop()
+        pytest.fail(f"ComfyUI could not load the pack:\n{server.log_text()[-3000:]}")
     post_json(f"{server.url}/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
     yield server, base
     server.stop()
