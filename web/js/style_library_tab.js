@@ -23,6 +23,10 @@ function toast(severity, detail) {
   app.extensionManager?.toast?.add({ severity, summary: "Style Library", detail, life });
 }
 
+function plural(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function splitTags(text) {
   return text.split(",").map((t) => t.trim()).filter(Boolean);
 }
@@ -151,7 +155,7 @@ class StyleLibraryPanel {
     this.styles = listing.styles;
     this.byId = new Map(listing.styles.map((s) => [s.id, s]));
     this.writable = Boolean(listing.writable);
-    this.count.textContent = `${listing.count} styles`;
+    this.count.textContent = plural(listing.count, "style");
     this.addForm.hidden = !this.writable;
     const chosen = this.tagFilter.value;
     this.tagFilter.replaceChildren(el("option", { value: "" }, "All tags"),
@@ -168,7 +172,8 @@ class StyleLibraryPanel {
     const found = await this.run("Searching", () => client.searchStyles(text, { k: SEARCH_K, tags }));
     if (!found) return;
     this.results = found.results;
-    this.say("info", `${found.results.length} styles ranked for “${text}” in ${Math.round(found.ms)} ms.`);
+    const ranked = plural(found.results.length, "style");
+    this.say("info", `${ranked} ranked for “${text}” in ${Math.round(found.ms)} ms.`);
     this.renderGrid();
   }
 
