@@ -287,9 +287,11 @@ def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
     style = style_json(record, library, params)
     result = {"id": match.item_id, "name": match.name, "score": match.score, "weight": match.weight,
               "tags": style["tags"], "thumbnail": style["thumbnail"], "image": style["image"]}
-    relative = getattr(match, "relative", None)
-    if relative is not None:
-        result["relative"] = relative
+    # The score relative to the library for this query (issue 11's z-score and percentile), once the engine
+    # reports it: raw cosines are not comparable across queries, these are.
+    z_score, percentile = getattr(match, "z_score", None), getattr(match, "percentile", None)
+    if z_score is not None:
+        result["relative"] = {"z_score": z_score, "percentile": percentile}
     return result
 
 
