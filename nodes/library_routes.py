@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 import folder_paths
 from aiohttp import BodyPartReader, web
 
+from ..access import AccessPolicy
 from ..errors import (
     AccessDeniedError,
     InvalidImageError,
@@ -105,9 +106,13 @@ class LibraryParams:
         return {k: v for k, v in (("library", self.library), ("store", self.store), ("model", self.model)) if v}
 
 
-def open_library_for(params: LibraryParams, *, sync: bool) -> StyleLibrary:
-    """The node's library for these parameters (resolved and checked exactly as the node does)."""
-    location = resolve_location(params.library, params.store, params.model, policy=_policy(), home=_home())
+def open_library_for(params: LibraryParams, policy: AccessPolicy, *, sync: bool) -> StyleLibrary:
+    """The node's library for these parameters, resolved and checked exactly as the node does.
+
+    ``policy`` is built once per request (``retrieval_nodes._policy``, which sees config edits at once)
+    and used for every check of that request.
+    """
+    location = resolve_location(params.library, params.store, params.model, policy=policy, home=_home())
     # The node's cache is keyed by its embedding_model input, whose default is the first CLIP folder.
     return shared_library(location, params.model.strip() or location.model, sync=sync)
 
@@ -200,7 +205,8 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, sync=True)  # a sync picks up files dropped into the folder by hand
+        policy = _policy()
+        library = open_library_for(params, policy, sync=True)  # a sync picks up files dropped into the folder by hand
         records = library.entries()
         good = [r for r in records if r.error is None]
         return {
@@ -215,10 +221,11 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
 
 
 def _served_file(params: LibraryParams, item_id: str) -> tuple[Path, FileRecord]:
-    library = open_library_for(params, sync=False)
+    policy = _policy()
+    library = open_library_for(params, policy, sync=False)
     record = find_style(library, item_id)
     path = style_file(library, record)
-    _policy().readable(path, input_name=f"image of the style {item_id!r}", base=path.parent)
+    policy.readable(path, input_name=f"image of the style {item_id!r}", base=path.parent)
     return path, record
 
 
@@ -280,9 +287,11 @@ def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
     style = style_json(record, library, params)
     result = {"id": match.item_id, "name": match.name, "score": match.score, "weight": match.weight,
               "tags": style["tags"], "thumbnail": style["thumbnail"], "image": style["image"]}
-    relative = getattr(match, "relative", None)
-    if relative is not None:
-        result["relative"] = relative
+    # The score relative to the library for this query (issue 11's z-score and percentile), once the engine
+    # reports it: raw cosines are not comparable across queries, these are.
+    z_score, percentile = getattr(match, "z_score", None), getattr(match, "percentile", None)
+    if z_score is not None:
+        result["relative"] = {"z_score": z_score, "percentile": percentile}
     return result
 
 
@@ -292,7 +301,7 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
     query = _search_query(await _json_body(request))
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, sync=False)
+        library = open_library_for(params, _policy(), sync=False)
         start = time.perf_counter()
         matches = library.query(query)  # the CLIP Style Retriever's own call: the same ranking
         elapsed = (time.perf_counter() - start) * 1000
@@ -418,13 +427,14 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
             names = _upload_names(uploads, form.get("name", ""))
             tags = checked_tags(form.get("tags", ""))
             files = [checked_upload(u) for u in uploads]  # every file checked before the library is touched
-            library = open_library_for(params, sync=False)
+            policy = _policy()
+            library = open_library_for(params, policy, sync=False)
             try:
                 library.write_root()
             except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
                 raise AccessDeniedError(str(exc)) from exc
             with _write_lock:
-                added = library.add_many(files, names, tags, access=_policy())
+                added = library.add_many(files, names, tags, access=policy)
             records = library.synced_records()
             return {"added": [style_json(records[m.item_id], library, params) for m in added]}
 
@@ -440,9 +450,10 @@ async def edit_styles(request: web.Request) -> web.StreamResponse:
         raise InvalidParameterError(f"The id is {item_id!r}; give the id of a style from the style list.")
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, sync=False)
+        policy = _policy()
+        library = open_library_for(params, policy, sync=False)
         with _write_lock:
-            record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=_policy())
+            record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=policy)
         return {"style": style_json(record, library, params)}
 
     return web.json_response(await asyncio.to_thread(work))
@@ -454,10 +465,11 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, sync=False)
+        policy = _policy()
+        library = open_library_for(params, policy, sync=False)
         user = Path(folder_paths.get_user_directory()).resolve()
         with _write_lock:
-            trashed = trash_style(library, item_id, _user_dir() / "trash", access=_policy())
+            trashed = trash_style(library, item_id, _user_dir() / "trash", access=policy)
         return {
             "trashed": trashed.folder.relative_to(user).as_posix(),
             "files": [f.relative_to(user).as_posix() for f in trashed.files],
