@@ -31,11 +31,14 @@ function splitTags(text) {
   return text.split(",").map((t) => t.trim()).filter(Boolean);
 }
 
+const RELATIVE_LABELS = { z_score: "z", percentile: "percentile" };
+
+/** The score relative to the library for this query (the route's ``relative``: z-score, percentile). */
 function formatRelative(relative) {
   if (!relative || typeof relative !== "object") return "";
   return Object.entries(relative)
     .filter(([, v]) => typeof v === "number")
-    .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+    .map(([k, v]) => `${RELATIVE_LABELS[k] ?? k} ${v.toFixed(2)}`)
     .join(" · ");
 }
 
