@@ -161,10 +161,16 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     api = f"{server.url}/sketch_rag/library"
     shipped = shipped_count()
 
-    # Open the tab: every shipped style appears with its thumbnail, name and tags.
+    user_styles = base / "user" / "sketch_rag" / "styles"
+    user_styles.mkdir(parents=True, exist_ok=True)
+    (user_styles / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # copied in by hand, damaged
+
+    # Open the tab: every shipped style appears with its thumbnail, name and tags; the damaged file is named.
     page.locator(TAB_BUTTON).click()
     tab = page.locator(".srl-tab")
     see_every_thumbnail(page, shipped)
+    warning = tab.locator('.srl-status[data-severity="warn"]')
+    assert "broken.png" in warning.inner_text() and "could not be read" in warning.inner_text()
     listing = get_json(f"{api}/styles")
     assert shown_ids(page) == [s["id"] for s in listing["styles"]] and listing["count"] == shipped
     first = listing["styles"][0]
@@ -217,7 +223,6 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     new_card = tab.get_by_role("button", name="Show Dropped noise")
     new_card.wait_for()
     see_every_thumbnail(page, shipped + 1)
-    user_styles = base / "user" / "sketch_rag" / "styles"
     written = [p for p in user_styles.rglob("*") if p.is_file() and p.read_bytes() == dropped]
     assert len(written) == 1, f"the dropped image is not in {user_styles}: {sorted(user_styles.rglob('*'))}"
     new_id = new_card.get_attribute("data-id")

@@ -164,6 +164,14 @@ class StyleLibraryPanel {
     this.tagFilter.replaceChildren(el("option", { value: "" }, "All tags"),
                                    ...listing.tags.map((t) => el("option", { value: t }, t)));
     this.tagFilter.value = listing.tags.includes(chosen) ? chosen : "";
+    const skipped = listing.skipped || [];
+    if (skipped.length && !this.status.textContent) {
+      // Files in the folders that are not readable images: said in the tab (never over a fresher message, such
+      // as the outcome of an addition), not toasted at every opening.
+      this.status.textContent = `${plural(skipped.length, "file")} in the library could not be read: ` +
+        skipped.map((s) => `${s.id} (${s.error})`).join("; ");
+      this.status.dataset.severity = "warn";
+    }
     if (this.results) await this.search();
     else this.renderGrid();
   }
