@@ -250,7 +250,7 @@ CAPTION_LINE = 13
 def _thumbnail(image: np.ndarray, lines: list[str]) -> np.ndarray:
     """A small copy of a style image with a caption band below (one line each), for the preview gallery only."""
     pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
-    side = min(PREVIEW_SIDE, pil.width)
+    side = PREVIEW_SIDE  # one size whatever the resolution, so captions stay legible and k large stays light
     pil = pil.resize((side, side), Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (side, side + CAPTION_LINE * len(lines) + 4), (20, 20, 20))
     canvas.paste(pil, (0, 0))

@@ -192,7 +192,12 @@ class StyleLibrary:
 
     def _sync_locked(self, rebuild: bool, progress: ProgressCallback | None) -> SyncReport:
         if rebuild or self.state.generation() == 0:
-            dropped = self.index.drop_others(prefix=f"{self.collection}-")
+            try:
+                dropped = self.index.drop_others(prefix=f"{self.collection}-")
+            except Exception as exc:
+                if not is_store_error(exc):
+                    raise
+                dropped = []  # a tidy-up only: a damaged store is found and healed by the sync itself
             if dropped:
                 self.state.forget(dropped)
                 logger.info("Style library %s: dropped the index collections of older versions: %s.",

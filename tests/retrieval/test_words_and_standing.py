@@ -46,7 +46,7 @@ def open_crossed(folder: Path, store: Path, embedder: GeometryEmbedder | None = 
 
 
 def ranked(library: StyleLibrary, **query: object) -> list[tuple[str, float]]:
-    return [(m.item_id, round(m.score, 3)) for m in library.query(StyleQuery(**query))]  # type: ignore[arg-type]
+    return [(m.item_id, round(m.score, 3)) for m in library.query(StyleQuery(**query))]
 
 
 def test_style_text_is_name_tags_and_description() -> None:
