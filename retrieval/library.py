@@ -43,7 +43,8 @@ from .query import (
     top_k_of_scores,
 )
 from .state import FileRecord, SyncState
-from .sync import LibraryStores, SyncReport, text_hash
+from .style_matrices import StyleMatrices
+from .sync import LibraryStores, SyncReport
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
 """The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
 LOCK_TIMEOUT_S = 300.0
 """How long a writer waits for another process's sync before giving up with an error."""
-FILTER_CACHE_SIZE = 16
-"""Tag filters whose embedding rows are kept gathered (each holds a copy of its rows)."""
 
 
 def default_roots(user_styles: Path) -> list[LibraryRoot]:
@@ -106,12 +105,7 @@ class StyleLibrary:
         self._records: dict[str, FileRecord] = {}
         self._good: dict[str, FileRecord] = {}
         """The indexed records (those without an error), rebuilt only when the records change."""
-        self._matrix: np.ndarray | None = None
-        self._matrix_ids: list[str] = []
-        self._rows: dict[str, int] = {}
-        self._words: np.ndarray | None = None
-        """The styles' word embeddings, row for row with ``_matrix`` (built on the first query that mixes them)."""
-        self._filtered: dict[frozenset[str], tuple[np.ndarray, list[str], np.ndarray]] = {}
+        self._matrices: StyleMatrices | None = None
 
     @property
     def cache_key(self) -> str:
@@ -175,9 +169,7 @@ class StyleLibrary:
     def _set_records(self, records: dict[str, FileRecord]) -> None:
         self._records = records
         self._good = {i: r for i, r in records.items() if r.error is None}
-        self._matrix = None
-        self._words = None
-        self._filtered.clear()
+        self._matrices = None
 
     def sync(self, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
         """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch.
@@ -352,34 +344,16 @@ class StyleLibrary:
         words = query.applied_text_weight
         if words == 0 or prompt_vec is None:
             hits = self._search(vector, query.k, query.tags)
-            every = self._all_scores(vector)
+            matrices = self._style_matrices()
+            every = matrices.scores(vector)
         else:
-            every = self._all_scores(vector, prompt_vec, words)
-            rows = self._tagged(frozenset(query.tags))[2] if query.tags else None
-            hits = top_k_of_scores(every, self._matrix_ids, query.k, rows)
-        standing = relative_standing(every, [self._rows.get(h.item_id, -1) for h in hits])
+            matrices = self._style_matrices()
+            every = matrices.scores(vector, prompt_vec, words)
+            rows = matrices.tagged(frozenset(query.tags))[2] if query.tags else None
+            hits = top_k_of_scores(every, matrices.ids, query.k, rows)
+        standing = relative_standing(every, [matrices.rows.get(h.item_id, -1) for h in hits])
         weights = blend_weights([h.score for h in hits], query.temperature)
         return [self._match(h, w, z, p) for h, w, (z, p) in zip(hits, weights, standing, strict=True)]
-
-    def _all_scores(self, vector: np.ndarray, prompt_vec: np.ndarray | None = None, words: float = 0.0) -> np.ndarray:
-        """Every indexed style's score for this query, in ``_matrix_ids`` order (exact, from the cached embeddings)."""
-        # einsum, not BLAS (@, np.dot): with Chroma's threads in the process OpenBLAS's threaded matrix-vector
-        # product took 12-20 ms at N = 2,000 on 2 busy cores, einsum's single-threaded loop 0.2 ms (bench/retrieval.py).
-        matrix, _ = self._embedding_matrix()
-        scores: np.ndarray = np.einsum("nd,d->n", matrix, vector.astype(np.float32))
-        if prompt_vec is not None and words > 0:
-            scores *= 1.0 - words
-            scores += np.einsum("nd,d->n", self._words_matrix(), (words * prompt_vec).astype(np.float32))
-        return scores
-
-    def _words_matrix(self) -> np.ndarray:
-        """The styles' word embeddings, row for row with the image matrix (missing ones embedded now)."""
-        if self._words is None:
-            _, ids = self._embedding_matrix()
-            records = [self._records[i] for i in ids]
-            vectors = self.stores.text_vectors(records)
-            self._words = np.stack([vectors[text_hash(r.meta)] for r in records], dtype=np.float32)
-        return self._words
 
     def search(self, vector: np.ndarray, k: int, tags: Sequence[str] = ()) -> list[Hit]:
         """The ``k`` items nearest a unit query vector in this library's embedding space, best first.
@@ -396,7 +370,7 @@ class StyleLibrary:
 
     def _search(self, vector: np.ndarray, k: int, tags: Sequence[str]) -> list[Hit]:
         if tags:
-            matrix, ids, _ = self._tagged(frozenset(normalise_tags(list(tags))))
+            matrix, ids, _ = self._style_matrices().tagged(frozenset(normalise_tags(list(tags))))
             return exact_top_k(matrix, ids, vector, k)
         try:
             hits = self.index.query(vector, k)
@@ -444,44 +418,11 @@ class StyleLibrary:
 
         self._write(repair)
 
-    def _embedding_matrix(self) -> tuple[np.ndarray, list[str]]:
-        """All good items' embeddings as one matrix (built once per generation) for exact search."""
-        if self._matrix is None:
-            ids = sorted(self._good)
-            cached = self.cache.get_many(self.cache_key, (self._records[i].sha256 for i in ids))
-            missing = [i for i in ids if self._records[i].sha256 not in cached]
-            if missing:
-                self._repair_cache(missing, cached)
-            self._matrix = np.stack([cached[self._records[i].sha256] for i in ids], dtype=np.float32)
-            self._matrix_ids = ids
-            self._rows = {item_id: n for n, item_id in enumerate(ids)}
-        return self._matrix, self._matrix_ids
-
-    def _tagged(self, wanted: frozenset[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Embeddings, ids and rows of the items carrying all of ``wanted``, kept per tag set until the library changes.
-
-        A filter is usually reused query after query (one workflow, one batch), so its rows are
-        gathered once instead of scanning every record per query.
-        """
-        if wanted not in self._filtered:
-            matrix, ids = self._embedding_matrix()
-            rows = [n for n, item_id in enumerate(ids) if wanted <= set(self._good[item_id].meta.tags)]
-            if not rows:
-                known = sorted({t for r in self._good.values() for t in r.meta.tags})
-                raise LibraryError(
-                    f"No style in library {self.name!r} has all the tags {sorted(wanted)}; tags in the library: "
-                    f"{', '.join(known[:50]) or 'none'}. Change the tag filter or tag your styles."
-                )
-            if len(self._filtered) >= FILTER_CACHE_SIZE:
-                self._filtered.pop(next(iter(self._filtered)))
-            self._filtered[wanted] = (matrix[rows], [ids[n] for n in rows], np.asarray(rows, dtype=np.intp))
-        return self._filtered[wanted]
-
-    def _repair_cache(self, missing: list[str], cached: dict[str, np.ndarray]) -> None:
-        images = [open_rgb(self.path_of(self._records[i]), EMBED_SIDE) for i in missing]
-        vectors = dict(zip((self._records[i].sha256 for i in missing), self.embedder.embed_images(images), strict=True))
-        self.cache.put_many(self.cache_key, vectors)
-        cached.update(vectors)
+    def _style_matrices(self) -> StyleMatrices:
+        """The good styles' embeddings for exact search and scores of all styles (one object per generation)."""
+        if self._matrices is None:
+            self._matrices = StyleMatrices(self.stores, self._good)
+        return self._matrices
 
     def _match(self, hit: Hit, weight: float, z_score: float = 0.0, percentile: float = 100.0) -> StyleMatch:
         record = self._records.get(hit.item_id) or self.state.records()[hit.item_id]
