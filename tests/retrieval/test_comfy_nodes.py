@@ -93,22 +93,6 @@ def test_retrieve_filter_cache_and_add(comfy: ComfyClient, comfy_base_dir: Path,
     assert (styles / "workflow_sketch.png").is_file() and (styles / "workflow_sketch.json").is_file()
 
 
-def test_text_weight_finds_a_style_by_its_words(comfy: ComfyClient) -> None:
-    from sketch_rag.retrieval.folder import MANIFEST_NAME, meta_from_entry
-    from sketch_rag.retrieval.library import SHIPPED_LIBRARY
-    from sketch_rag.retrieval.sync import style_text
-
-    manifest = json.loads((SHIPPED_LIBRARY / MANIFEST_NAME).read_text(encoding="utf-8"))
-    styles = manifest["styles"] if isinstance(manifest, dict) else manifest
-    entry = next(e for e in styles if e.get("name") == "Ukiyo-e woodblock print")
-    words = style_text(meta_from_entry(entry["file"], entry))
-    by_words = graph(k=2)
-    by_words["2"]["inputs"].update(prompt=words, text_weight=1.0)
-    texts = comfy.wait(comfy.queue_prompt(by_words), timeout=120)["outputs"]["2"]["text"]
-    name, score, z = re.match(r"(.*)  score (\S+)  z (\S+)  ", texts[0]).groups()  # type: ignore[union-attr]
-    assert name == "Ukiyo-e woodblock print" and float(score) > 0.999 and float(z) > 1.0
-
-
 def test_unknown_tag_is_a_clear_error(comfy: ComfyClient) -> None:
     with pytest.raises(JobFailed, match="No style in library"):
         comfy.wait(comfy.queue_prompt(graph(k=1, tag_filter="no-such-tag")), timeout=120)
@@ -152,3 +136,19 @@ def test_unload_models_frees_the_clip_and_the_next_queue_loads_it_again(
     after = styles(comfy.wait(comfy.queue_prompt(graph(k=3)), timeout=240))
     assert comfy_server.log_text().count("Sketch RAG: loaded CLIP model") == loads + 1
     assert after[:2] == before  # same weights again: same styles, same scores
+
+
+def test_text_weight_finds_a_style_by_its_words(comfy: ComfyClient) -> None:
+    from sketch_rag.retrieval.folder import MANIFEST_NAME, meta_from_entry
+    from sketch_rag.retrieval.library import SHIPPED_LIBRARY
+    from sketch_rag.retrieval.sync import style_text
+
+    manifest = json.loads((SHIPPED_LIBRARY / MANIFEST_NAME).read_text(encoding="utf-8"))
+    styles = manifest["styles"] if isinstance(manifest, dict) else manifest
+    entry = next(e for e in styles if e.get("name") == "Ukiyo-e woodblock print")
+    words = style_text(meta_from_entry(entry["file"], entry))
+    by_words = graph(k=2)
+    by_words["2"]["inputs"].update(prompt=words, text_weight=1.0)
+    texts = comfy.wait(comfy.queue_prompt(by_words), timeout=120)["outputs"]["2"]["text"]
+    name, score, z = re.match(r"(.*)  score (\S+)  z (\S+)  ", texts[0]).groups()  # type: ignore[union-attr]
+    assert name == "Ukiyo-e woodblock print" and float(score) > 0.999 and float(z) > 1.0
