@@ -120,6 +120,14 @@ def test_words_are_embedded_once_and_an_edit_re_embeds_only_that_style(crossed_f
     assert again.texts_embedded == 2  # the edited style's words, nothing else
     assert [m.item_id for m in library.query(StyleQuery(text="red", k=2, text_weight=1.0))] == ["blue.png", "green.png"]
 
+    # A renamed file keeps its sidecar's words: found under its new name, nothing embedded.
+    for ext in (".png", ".json"):
+        (crossed_folder / f"blue{ext}").rename(crossed_folder / f"fire{ext}")
+    embedded_before = again.texts_embedded
+    report = library.sync()
+    assert report.renamed == [("blue.png", "fire.png")] and again.texts_embedded == embedded_before
+    assert [m.item_id for m in library.query(StyleQuery(text="red", k=1, text_weight=1.0))] == ["fire.png"]
+
 
 def test_a_library_synced_before_words_were_read_embeds_them_on_the_first_mixed_query(
     crossed_folder: Path, tmp_path: Path
