@@ -157,10 +157,6 @@ class StyleLibrary:
         """After ``error``: move whatever is damaged aside (see :meth:`LibraryStores.heal`). True if any was."""
         return self.stores.heal(error)
 
-    def take_notes(self) -> list[str]:
-        """The one-line reports of what was healed since the last call (each also logged as a warning)."""
-        return self.stores.take_notes()
-
     def _forget_records(self) -> None:
         """After a store was moved aside: nothing read from it may be trusted, read it all again."""
         self._seen_generation = None
