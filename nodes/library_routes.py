@@ -418,6 +418,18 @@ def _upload_names(uploads: list[Upload], name: str) -> list[str]:
 @json_errors
 async def add_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
+
+    def writable_library() -> tuple[StyleLibrary, AccessPolicy]:
+        policy = _policy()
+        library = open_library_for(params, policy, sync=False)
+        try:
+            library.write_root()
+        except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
+            raise AccessDeniedError(str(exc)) from exc
+        return library, policy
+
+    # A library this caller may not write is refused before a byte of the upload is read.
+    library, policy = await asyncio.to_thread(writable_library)
     staging_root = Path(folder_paths.get_temp_directory())
     staging_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sketch_rag_upload_", dir=staging_root) as staging:
@@ -427,12 +439,6 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
             names = _upload_names(uploads, form.get("name", ""))
             tags = checked_tags(form.get("tags", ""))
             files = [checked_upload(u) for u in uploads]  # every file checked before the library is touched
-            policy = _policy()
-            library = open_library_for(params, policy, sync=False)
-            try:
-                library.write_root()
-            except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
-                raise AccessDeniedError(str(exc)) from exc
             with _write_lock:
                 added = library.add_many(files, names, tags, access=policy)
             records = library.synced_records()
