@@ -220,8 +220,7 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
     return web.json_response(await asyncio.to_thread(work))
 
 
-def _served_file(params: LibraryParams, item_id: str) -> tuple[Path, FileRecord]:
-    policy = _policy()
+def _served_file(params: LibraryParams, item_id: str, policy: AccessPolicy) -> tuple[Path, FileRecord]:
     library = open_library_for(params, policy, sync=False)
     record = find_style(library, item_id)
     path = style_file(library, record)
@@ -235,9 +234,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id)
+        policy = _policy()
+        path, record = _served_file(params, item_id, policy)
         sha256 = content_hash(path, record)
-        return thumbnail(path, sha256, _user_dir() / "thumbnails"), sha256
+        cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
+        return thumbnail(path, sha256, cache), sha256
 
     thumb, sha256 = await asyncio.to_thread(work)
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
@@ -251,7 +252,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id)
+        path, record = _served_file(params, item_id, _policy())
         return path, content_hash(path, record)
 
     path, sha256 = await asyncio.to_thread(work)
