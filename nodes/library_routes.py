@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -268,19 +268,12 @@ def _search_query(body: Mapping[str, Any]) -> StyleQuery:
         raise InvalidParameterError(f"The search query is {len(text)} characters; use at most {MAX_QUERY_CHARS}.")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidParameterError(f"k is {k!r}; ask for 1 to {MAX_K} styles.")
-    extra: dict[str, Any] = {}
-    weight = body.get("text_weight")
-    if weight is not None:
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
-            raise InvalidParameterError(f"text_weight is {weight!r}; use 0 (image embeddings only) to 1.")
-        if "text_weight" in {f.name for f in fields(StyleQuery)}:
-            extra["text_weight"] = float(weight)
-        elif weight != 0:
-            raise InvalidParameterError(
-                f"text_weight is {weight!r}, but this version of Sketch RAG retrieves by image embeddings only; "
-                "leave it out or use 0."
-            )
-    return StyleQuery(text=text, k=k, tags=checked_tags(tags), **extra)
+    weight = body.get("text_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+        raise InvalidParameterError(
+            f"text_weight is {weight!r}; use 0 (style images only) to 1 (style names, tags and descriptions only)."
+        )
+    return StyleQuery(text=text, k=k, tags=checked_tags(tags), text_weight=float(weight))
 
 
 def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
@@ -288,11 +281,8 @@ def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
     style = style_json(record, library, params)
     result = {"id": match.item_id, "name": match.name, "score": match.score, "weight": match.weight,
               "tags": style["tags"], "thumbnail": style["thumbnail"], "image": style["image"]}
-    # The score relative to the library for this query (issue 11's z-score and percentile), once the engine
-    # reports it: raw cosines are not comparable across queries, these are.
-    z_score, percentile = getattr(match, "z_score", None), getattr(match, "percentile", None)
-    if z_score is not None:
-        result["relative"] = {"z_score": z_score, "percentile": percentile}
+    # The score relative to the library for this query: raw cosines are not comparable across queries, these are.
+    result["relative"] = {"z_score": match.z_score, "percentile": match.percentile}
     return result
 
 
