@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -220,8 +220,7 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
     return web.json_response(await asyncio.to_thread(work))
 
 
-def _served_file(params: LibraryParams, item_id: str) -> tuple[Path, FileRecord]:
-    policy = _policy()
+def _served_file(params: LibraryParams, item_id: str, policy: AccessPolicy) -> tuple[Path, FileRecord]:
     library = open_library_for(params, policy, sync=False)
     record = find_style(library, item_id)
     path = style_file(library, record)
@@ -235,9 +234,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id)
+        policy = _policy()
+        path, record = _served_file(params, item_id, policy)
         sha256 = content_hash(path, record)
-        return thumbnail(path, sha256, _user_dir() / "thumbnails"), sha256
+        cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
+        return thumbnail(path, sha256, cache), sha256
 
     thumb, sha256 = await asyncio.to_thread(work)
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
@@ -251,7 +252,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id)
+        path, record = _served_file(params, item_id, _policy())
         return path, content_hash(path, record)
 
     path, sha256 = await asyncio.to_thread(work)
@@ -267,19 +268,12 @@ def _search_query(body: Mapping[str, Any]) -> StyleQuery:
         raise InvalidParameterError(f"The search query is {len(text)} characters; use at most {MAX_QUERY_CHARS}.")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise InvalidParameterError(f"k is {k!r}; ask for 1 to {MAX_K} styles.")
-    extra: dict[str, Any] = {}
-    weight = body.get("text_weight")
-    if weight is not None:
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
-            raise InvalidParameterError(f"text_weight is {weight!r}; use 0 (image embeddings only) to 1.")
-        if "text_weight" in {f.name for f in fields(StyleQuery)}:
-            extra["text_weight"] = float(weight)
-        elif weight != 0:
-            raise InvalidParameterError(
-                f"text_weight is {weight!r}, but this version of Sketch RAG retrieves by image embeddings only; "
-                "leave it out or use 0."
-            )
-    return StyleQuery(text=text, k=k, tags=checked_tags(tags), **extra)
+    weight = body.get("text_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+        raise InvalidParameterError(
+            f"text_weight is {weight!r}; use 0 (style images only) to 1 (style names, tags and descriptions only)."
+        )
+    return StyleQuery(text=text, k=k, tags=checked_tags(tags), text_weight=float(weight))
 
 
 def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
@@ -287,11 +281,8 @@ def _result_json(match: StyleMatch, record: FileRecord, library: StyleLibrary,
     style = style_json(record, library, params)
     result = {"id": match.item_id, "name": match.name, "score": match.score, "weight": match.weight,
               "tags": style["tags"], "thumbnail": style["thumbnail"], "image": style["image"]}
-    # The score relative to the library for this query (issue 11's z-score and percentile), once the engine
-    # reports it: raw cosines are not comparable across queries, these are.
-    z_score, percentile = getattr(match, "z_score", None), getattr(match, "percentile", None)
-    if z_score is not None:
-        result["relative"] = {"z_score": z_score, "percentile": percentile}
+    # The score relative to the library for this query: raw cosines are not comparable across queries, these are.
+    result["relative"] = {"z_score": match.z_score, "percentile": match.percentile}
     return result
 
 
@@ -418,6 +409,18 @@ def _upload_names(uploads: list[Upload], name: str) -> list[str]:
 @json_errors
 async def add_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
+
+    def writable_library() -> tuple[StyleLibrary, AccessPolicy]:
+        policy = _policy()
+        library = open_library_for(params, policy, sync=False)
+        try:
+            library.write_root()
+        except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
+            raise AccessDeniedError(str(exc)) from exc
+        return library, policy
+
+    # A library this caller may not write is refused before a byte of the upload is read.
+    library, policy = await asyncio.to_thread(writable_library)
     staging_root = Path(folder_paths.get_temp_directory())
     staging_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sketch_rag_upload_", dir=staging_root) as staging:
@@ -427,12 +430,6 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
             names = _upload_names(uploads, form.get("name", ""))
             tags = checked_tags(form.get("tags", ""))
             files = [checked_upload(u) for u in uploads]  # every file checked before the library is touched
-            policy = _policy()
-            library = open_library_for(params, policy, sync=False)
-            try:
-                library.write_root()
-            except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
-                raise AccessDeniedError(str(exc)) from exc
             with _write_lock:
                 added = library.add_many(files, names, tags, access=policy)
             records = library.synced_records()

@@ -152,6 +152,15 @@ def test_search_ranks_exactly_as_the_engine_does_for_the_same_query(
         assert body["ms"] >= 0 and all(r["thumbnail"].startswith(f"{PREFIX}/thumbnail?") for r in body["results"])
     tagged = tab.search(query="waves", k=4, tags=["ukiyo-e"]).json()
     assert [r["id"] for r in tagged["results"]] == ["hokusai_great_wave.jpg"]
+    for text_weight in (0.5, 1.0):  # the styles' words too, as the retriever's text_weight input
+        query = StyleQuery(text="woodblock print of waves", k=5, text_weight=text_weight)
+        body = tab.search(query=query.text, k=5, text_weight=text_weight).json()
+        expected = engine.query(query)
+        assert [r["id"] for r in body["results"]] == [m.item_id for m in expected]
+        assert [r["relative"]["z_score"] for r in body["results"]] == pytest.approx([m.z_score for m in expected],
+                                                                                    abs=1e-4)
+        assert [r["relative"]["percentile"] for r in body["results"]] == pytest.approx(
+            [m.percentile for m in expected], abs=1e-4)
 
 
 def test_an_added_image_is_listed_retrievable_editable_and_removable_to_the_trash(

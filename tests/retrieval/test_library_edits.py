@@ -110,7 +110,7 @@ def test_bad_names_and_tags_are_refused_before_anything_is_written(
 ) -> None:
     before = files_under(colour_folder)
     with pytest.raises(LibraryError, match=message):
-        edit_style(colour_library, "teal.png", name=name, tags=tags)  # type: ignore[arg-type]
+        edit_style(colour_library, "teal.png", name=name, tags=tags)
     assert files_under(colour_folder) == before
 
 
