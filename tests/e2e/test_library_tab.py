@@ -64,11 +64,15 @@ ALL_THUMBNAILS_SHOWN = """(n) => {
 
 
 def see_every_thumbnail(page: sync_api.Page, n: int) -> None:
-    """Wait for ``n`` cards, scroll through them (the grid loads thumbnails lazily) and wait for every image."""
+    """Wait for ``n`` cards, then scroll to each in turn as a user would (the grid loads thumbnails lazily, only
+    those that come into view) and wait until every image has its pixels."""
     cards = page.locator(".srl-tab .srl-grid .srl-card")
     page.wait_for_function("(n) => document.querySelectorAll('.srl-tab .srl-grid .srl-card').length === n", arg=n,
                            timeout=120_000)
-    cards.last.scroll_into_view_if_needed()
+    for i in range(n):
+        cards.nth(i).scroll_into_view_if_needed()
+        cards.nth(i).locator("img").evaluate("i => i.complete && i.naturalWidth > 0 || new Promise("
+                                             "(ok, fail) => { i.onload = ok; i.onerror = fail; })")
     page.wait_for_function(ALL_THUMBNAILS_SHOWN, arg=n, timeout=120_000)
     cards.first.scroll_into_view_if_needed()
 
@@ -96,16 +100,14 @@ def post_json(url: str, body: Any) -> bytes:
         return response.read()
 
 
-def engine_ranking(base: Path, store: Path, text: str, k: int,
-                   image: np.ndarray | None = None) -> list[tuple[str, float]]:
-    """The ranking the engine gives for ``text`` over the server's default library, from this process."""
+def engine_ranking(base: Path, store: Path, query: StyleQuery) -> list[tuple[str, float, float]]:
+    """(id, cosine, z-score) of each match the engine gives over the server's default library, from this process."""
     models = base / "models" / STYLE_CLIP
     model = next(p for p in sorted(models.iterdir()) if p.is_dir())
     embedder = ClipEmbedder.load(str(model), search_dirs=[models])
     library, _ = open_library(default_roots(base / "user" / "sketch_rag" / "styles"), embedder, store)
     try:
-        query = StyleQuery(text=text, k=k) if image is None else StyleQuery(image=image, k=k)
-        return [(m.item_id, m.score) for m in library.query(query)]
+        return [(m.item_id, m.score, m.z_score) for m in library.query(query)]
     finally:
         library.close()
 
@@ -189,17 +191,23 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     page.screenshot(path=str(ARTIFACTS / "library_tab_detail.png"))
     detail.get_by_role("button", name="All styles").click()
 
-    # Search: the tab shows the engine's ranking for the same query, with its cosine scores.
-    tab.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
-    tab.get_by_role("button", name="Search", exact=True).click()
-    page.locator(".srl-grid.srl-ranked .srl-card").first.wait_for()
-    shown = page.locator(".srl-grid.srl-ranked .srl-card").evaluate_all(
-        "cards => cards.map(c => [c.dataset.id, Number(c.dataset.score)])")
-    expected = engine_ranking(base, tmp_path / "store_1", QUERY, SEARCH_K)
-    assert [i for i, _ in shown] == [i for i, _ in expected]
-    assert np.allclose([s for _, s in shown], [s for _, s in expected], atol=1e-4)
-    page.screenshot(path=str(ARTIFACTS / "library_tab_search.png"))
-    tab.get_by_role("button", name="Clear").click()
+    # Search: the tab shows the engine's ranking for the same query, with its cosine scores and z-scores, by the
+    # style images alone (the default) and with the styles' words weighted in.
+    for text_weight in (0.0, 0.5):
+        tab.get_by_role("slider", name="Weight of the styles' words (name, tags, description)").fill(str(text_weight))
+        tab.get_by_role("searchbox", name="Search styles by text").fill(QUERY)
+        tab.get_by_role("button", name="Search", exact=True).click()
+        page.locator(".srl-grid.srl-ranked .srl-card").first.wait_for()
+        shown = page.locator(".srl-grid.srl-ranked .srl-card").evaluate_all(
+            "cards => cards.map(c => [c.dataset.id, Number(c.dataset.score), c.querySelector('.srl-relative')"
+            "?.textContent])")
+        expected = engine_ranking(base, tmp_path / f"store_{text_weight}",
+                                  StyleQuery(text=QUERY, k=SEARCH_K, text_weight=text_weight))
+        assert [i for i, _, _ in shown] == [i for i, _, _ in expected], f"text_weight {text_weight}"
+        assert np.allclose([s for _, s, _ in shown], [s for _, s, _ in expected], atol=1e-4)
+        assert [r.split(" · ")[1] for _, _, r in shown] == [f"z {z:.2f}" for _, _, z in expected]
+        page.screenshot(path=str(ARTIFACTS / f"library_tab_search_words_{text_weight}.png"))
+        tab.get_by_role("button", name="Clear").click()
 
     # A file that is not an image: the route's own message is shown to the user, in the tab and as a toast.
     not_image = b"not an image"
@@ -232,7 +240,7 @@ def test_the_tab_shows_searches_adds_edits_and_trashes_styles(
     page.wait_for_function("(id) => [...document.querySelectorAll('.srl-ranked .srl-card')]"
                            ".map(c => c.dataset.id).join() === id", arg=new_id)
     as_query = np.asarray(Image.open(io.BytesIO(dropped)).convert("RGB"), dtype=np.float32) / 255.0
-    assert engine_ranking(base, tmp_path / "store_2", "", 1, image=as_query)[0][0] == new_id
+    assert engine_ranking(base, tmp_path / "store_image", StyleQuery(image=as_query, k=1))[0][0] == new_id
     page.screenshot(path=str(ARTIFACTS / "library_tab_added.png"))
     tab.get_by_role("button", name="Clear").click()
     tab.get_by_role("combobox", name="Filter by tag").select_option("")

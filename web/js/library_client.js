@@ -50,10 +50,11 @@ export function listStyles() {
 }
 
 /** Rank the styles for a text query, as the CLIP Style Retriever node does: {results, ms}. */
-export function searchStyles(query, { k, tags } = {}) {
+export function searchStyles(query, { k, tags, textWeight } = {}) {
   const body = { query };
   if (k) body.k = k;
   if (tags && tags.length) body.tags = tags;
+  if (textWeight) body.text_weight = textWeight;
   return call("Searching the styles", "/search", jsonBody("POST", body));
 }
 

@@ -38,7 +38,7 @@ function formatRelative(relative) {
   if (!relative || typeof relative !== "object") return "";
   return Object.entries(relative)
     .filter(([, v]) => typeof v === "number")
-    .map(([k, v]) => `${RELATIVE_LABELS[k] ?? k} ${v.toFixed(2)}`)
+    .map(([k, v]) => `${RELATIVE_LABELS[k] ?? k} ${k === "percentile" ? Math.round(v) : v.toFixed(2)}`)
     .join(" · ");
 }
 
@@ -61,7 +61,15 @@ class StyleLibraryPanel {
                                "aria-label": "Search styles by text" });
     this.tagFilter = el("select", { name: "tag", "aria-label": "Filter by tag" });
     this.tagFilter.addEventListener("change", () => (this.results ? this.search() : this.renderGrid()));
-    const search = el("form", { class: "srl-search", role: "search" }, this.query, this.tagFilter,
+    // The retriever node's text_weight: how much the styles' words (name, tags, description) count.
+    this.textWeight = el("input", { type: "range", name: "text_weight", min: 0, max: 1, step: 0.05, value: 0,
+                                    "aria-label": "Weight of the styles' words (name, tags, description)" });
+    const shownWeight = el("output", {}, "0.00");
+    this.textWeight.addEventListener("input", () => { shownWeight.textContent = this.weight().toFixed(2); });
+    this.textWeight.addEventListener("change", () => { if (this.results) this.search(); });
+    const words = el("label", { class: "srl-weight", title: "0 = style images only (the node's default)" },
+                     "Words", this.textWeight, shownWeight);
+    const search = el("form", { class: "srl-search", role: "search" }, this.query, this.tagFilter, words,
                       el("button", { type: "submit" }, "Search"),
                       el("button", { type: "button", onclick: () => this.clearSearch() }, "Clear"));
     search.addEventListener("submit", (event) => { event.preventDefault(); this.search(); });
@@ -176,11 +184,16 @@ class StyleLibraryPanel {
     else this.renderGrid();
   }
 
+  weight() {
+    return Number(this.textWeight.value);
+  }
+
   async search() {
     const text = this.query.value.trim();
     if (!text) return this.clearSearch();
     const tags = this.tagFilter.value ? [this.tagFilter.value] : [];
-    const found = await this.run("Searching", () => client.searchStyles(text, { k: SEARCH_K, tags }));
+    const options = { k: SEARCH_K, tags, textWeight: this.weight() };
+    const found = await this.run("Searching", () => client.searchStyles(text, options));
     if (!found) return;
     this.results = found.results;
     const ranked = plural(found.results.length, "style");
