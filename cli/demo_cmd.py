@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, PreflightError
+from .workflows import SKETCHES_DIR
 
-EXAMPLE_SKETCH = Path(__file__).resolve().parent.parent / "examples" / "sketches" / "sketch_house.png"
+EXAMPLE_SKETCH = SKETCHES_DIR / "sketch_house.png"
 DEMO_PROMPT = "a cozy cottage at dusk, warm light in the windows, painterly"
 MODEL_FOLDERS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "ip_adapter": "ipadapter",
                  "image_encoder": "clip_vision", "embedding_model": "style_clip"}
