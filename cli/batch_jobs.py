@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidImageError, JobFileError
-from ..rendering.images import decode_image
-from ..rendering.render_request import MAX_SEED
-from ..retrieval.hashing import sha256_file
+from ..hashing import sha256_file
+from ..imaging import decode_image
+from ..rendering import render_request as rr
+from ..retrieval.query import MAX_K
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +91,21 @@ def _default_seed(sketch: Path, prompt: str) -> int:
     return int(hashlib.sha256(f"{sketch.name}\n{prompt}".encode()).hexdigest()[:8], 16)
 
 
-def read_jobs(path: Path) -> list[Job]:
-    """Jobs from a ``.csv`` (with a header row) or ``.jsonl`` file; relative sketch paths are relative to it.
+def read_jobs(path: Path, *, skip_bad: bool = False) -> JobFile:
+    """The jobs of a ``.csv`` (with a header row) or ``.jsonl`` file, ready to queue; relative sketch paths are
+    relative to it. With ``skip_bad`` the bad rows are returned beside the good ones instead of refused.
 
     Raises:
-        JobFileError: the file is missing or of an unknown kind, or any row is bad (all bad rows listed).
+        JobFileError: the file is missing or of an unknown kind, any row is bad (all bad rows listed) and
+            ``skip_bad`` is off, or no row is good.
     """
     job_file = read_job_file(path)
-    if job_file.bad_rows:
+    if job_file.bad_rows and not skip_bad:
         raise JobFileError(bad_rows_message(job_file))
-    return job_file.jobs
+    if not job_file.jobs:
+        raise JobFileError(f"{path} has no good rows; nothing was queued:\n  "
+                           + "\n  ".join(str(row) for row in job_file.bad_rows))
+    return job_file
 
 
 def bad_rows_message(job_file: JobFile) -> str:
@@ -229,13 +235,13 @@ def _row_jobs(row: Any, base: Path, sketches: _SketchChecks) -> tuple[list[Job],
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be a {convert.__name__}, got {values[name]!r}") from None
             values[name] = number
-    if not 0 <= values.get("seed", 0) <= MAX_SEED:
-        raise ValueError(f"seed {values['seed']} is outside 0..{MAX_SEED}")
-    if "k" in values and not 1 <= values["k"] <= 64:
-        raise ValueError(f"k {values['k']} is outside 1..64")
-    for name in ("controlnet_scale", "ip_adapter_scale"):
-        if name in values and not 0.0 <= values[name] <= 5.0:
-            raise ValueError(f"{name} {values[name]} is outside 0..5")
+    if not 0 <= values.get("seed", 0) <= rr.MAX_SEED:
+        raise ValueError(f"seed {values['seed']} is outside 0..{rr.MAX_SEED}")
+    if "k" in values and not 1 <= values["k"] <= MAX_K:
+        raise ValueError(f"k {values['k']} is outside 1..{MAX_K}")
+    for name, most in (("controlnet_scale", rr.MAX_CONTROLNET_SCALE), ("ip_adapter_scale", rr.MAX_IP_ADAPTER_SCALE)):
+        if name in values and not 0.0 <= values[name] <= most:
+            raise ValueError(f"{name} {values[name]} is outside 0..{most:g}")
     sketch = Path(values.pop("sketch")).expanduser()
     sketch = sketch if sketch.is_absolute() else base / sketch
     if sketch.is_dir() and sketch.suffix.lower() not in SKETCH_EXTENSIONS:

@@ -25,6 +25,7 @@ from sketch_rag.cli.workflows import (
     node_model_files,
     targets,
 )
+from sketch_rag.model_folders import FOLDER_OF_INPUT
 
 NAMES = sorted(p.stem for p in API_DIR.glob("*.json"))
 DOWNLOADABLE_HOSTS = ("https://huggingface.co/", "https://civitai.com/")
@@ -57,7 +58,12 @@ def test_the_style_clip_folder_is_described_by_the_workflow_with_its_weights_fil
     clip = MODEL_FILES["embedding_model"]
     assert ui["models"] == [clip.metadata()]
     assert REAL_MODELS["embedding_model"] in library["widgets_values"]
-    assert clip.name.startswith(REAL_MODELS["embedding_model"] + "/") and clip.directory == "style_clip"
+    assert clip.name.startswith(REAL_MODELS["embedding_model"] + "/")
+
+
+def test_each_file_is_in_the_folder_the_nodes_read_it_from() -> None:
+    for field, model in MODEL_FILES.items():
+        assert model.directory == FOLDER_OF_INPUT[field], field
 
 
 def test_each_file_but_the_clip_folder_is_one_the_frontend_can_download() -> None:

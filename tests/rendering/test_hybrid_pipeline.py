@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from sketch_rag.errors import RenderInterruptedError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.hybrid_pipeline import PIPELINE_ROLES, PipelineCache, PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
-from sketch_rag.rendering.tiny_sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
 
 STEPS = 4
 
@@ -177,7 +177,7 @@ def test_release_frees_the_models_and_the_next_run_reloads(make_spec, edge_image
     cache.release()
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
-    assert cache.loaded_roles == []
+    assert [cache.generation(role) for role in PIPELINE_ROLES] == [None] * len(PIPELINE_ROLES)
     cache.get(make_spec()).render(request(edge_image, styles[:1], num_inference_steps=1))
     assert cache.loads["checkpoint"] == 2
 
