@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import model_folders
 from ..errors import WorkflowError
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER, STYLE_CLIP
 
 PACK_DIR = Path(__file__).resolve().parent.parent
 WORKFLOWS_DIR = PACK_DIR / "workflows"
@@ -385,26 +385,26 @@ MODEL_FILES: dict[str, ModelFile] = {
     "checkpoint": ModelFile(
         "v1-5-pruned-emaonly.safetensors",
         f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
-        model_folders.CHECKPOINTS),
+        CHECKPOINTS),
     "controlnet": ModelFile(
         "control_v11p_sd15_canny_fp16.safetensors",
         f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_canny_fp16.safetensors",
-        model_folders.CONTROLNET),
+        CONTROLNET),
     "ip_adapter": ModelFile(
         "ip-adapter_sd15.safetensors", f"{HF}/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors",
-        model_folders.IPADAPTER),
+        IPADAPTER),
     # h94 ships the ViT-H/14 encoder as models/image_encoder/model.safetensors; ComfyUI users keep it under
     # this name (a browser download arrives as model.safetensors: save it as ``name``).
     "image_encoder": ModelFile(
         "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-        f"{HF}/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors", model_folders.CLIP_VISION),
+        f"{HF}/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors", CLIP_VISION),
     # The style CLIP is a transformers folder (config, tokenizer, weights), which no single download fills; its
     # weights file stands for it, so the panel names the folder and where it goes, and the template's note gives
     # the one command that fetches all of it. The repo's main branch has no model.safetensors, so the frontend
     # lists this entry without a download button.
     "embedding_model": ModelFile(
         "clip-vit-base-patch32/pytorch_model.bin",
-        f"{HF}/openai/clip-vit-base-patch32/resolve/main/pytorch_model.bin", model_folders.STYLE_CLIP),
+        f"{HF}/openai/clip-vit-base-patch32/resolve/main/pytorch_model.bin", STYLE_CLIP),
 }
 """The model files the bundled workflows name, keyed by the job field that picks each (see the README)."""
 
@@ -414,7 +414,7 @@ ALTERNATIVE_MODEL_FILES: dict[str, tuple[ModelFile, ...]] = {
     "controlnet": (ModelFile(
         "control_v11p_sd15_lineart_fp16.safetensors",
         f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_lineart_fp16.safetensors",
-        model_folders.CONTROLNET),),
+        CONTROLNET),),
 }
 
 REAL_MODELS: dict[str, str] = {
