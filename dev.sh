@@ -54,6 +54,7 @@ case "$cmd" in
     setup
     log "ruff"; "$VENV/bin/ruff" check .
     log "mypy"; "$VENV/bin/mypy" .
+    log "import layering"; "$PY" tools/check_layers.py
     log "pytest"; exec "$PY" -m pytest "$@"
     ;;
   bench) setup; name=$1; shift; exec "$PY" "bench/$name.py" "$@" ;;

@@ -98,7 +98,7 @@ def common_fields(steps: int, height: int) -> dict[str, Any]:
 def prepare_base(base: Path) -> Path:
     """A ComfyUI ``--base-directory`` with the pack linked in and the tiny models written; returns models/."""
     from sketch_rag.cli.comfyui_server import link_pack
-    from sketch_rag.cli.tiny_models import write_tiny_models
+    from sketch_rag.tiny_models.files import write_tiny_models
 
     link_pack(base)
     for folder in ("input", "output", "user", "temp"):
@@ -180,13 +180,13 @@ class InProcessRenderer:
 
     def _open_library(self, embedding_model: str) -> Any:
         """The default library (shipped styles + an empty user folder), as the Style Library node opens it."""
+        from sketch_rag.model_folders import STYLE_CLIP
         from sketch_rag.retrieval.embedder import ClipEmbedder
         from sketch_rag.retrieval.library import default_roots, open_library
-        from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
         if self.library is None:
             embedder = ClipEmbedder.load(embedding_model, device="cpu",
-                                         search_dirs=[self.models_dir / CLIP_MODELS_SUBFOLDER])
+                                         search_dirs=[self.models_dir / STYLE_CLIP])
             self.library, _ = open_library(default_roots(self.work / "user_styles"), embedder, self.work / "store")
         return self.library
 
@@ -194,9 +194,9 @@ class InProcessRenderer:
         from PIL import Image, ImageOps
 
         from sketch_rag.cli.workflows import bind
+        from sketch_rag.imaging import write_image
         from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
         from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
-        from sketch_rag.rendering.images import write_image
         from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
         from sketch_rag.retrieval.folder import normalise_tags
         from sketch_rag.retrieval.images import square_reference

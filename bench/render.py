@@ -38,9 +38,9 @@ import torch  # noqa: E402
 
 from sketch_rag.rendering import architectures as arch  # noqa: E402
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec  # noqa: E402
-from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest  # noqa: E402
-from sketch_rag.rendering.tiny_sd import cross_attention_widths  # noqa: E402
+from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
+from sketch_rag.tiny_models.sd import cross_attention_widths  # noqa: E402
 
 SD15 = arch.Sd15Widths((320, 640, 1280, 1280), 768, (128, 256, 512, 512), 768, 3072, 12, 49408, 77)
 

@@ -314,7 +314,7 @@ class Worker:
             manifest["reference_file"] = str(reference_file)
         timings["write_s"] = round(time.perf_counter() - mark, 4)
         mark = time.perf_counter()
-        from ..rendering.images import read_image
+        from ..imaging import read_image
 
         pixels = np.asarray(render.convert("RGB"), dtype=np.float32) / 255.0
         manifest["structure_fidelity"] = round(structure_fidelity(read_image(job.sketch), pixels), 4)

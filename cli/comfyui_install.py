@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import SketchRagError
-from ..retrieval.hashing import sha256_file
+from ..hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

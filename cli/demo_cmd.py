@@ -17,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, PreflightError
+from ..model_folders import FOLDER_OF_INPUT
+from .paths import HOME
 
 EXAMPLE_SKETCH = Path(__file__).resolve().parent.parent / "examples" / "sketches" / "sketch_house.png"
 DEMO_PROMPT = "a cozy cottage at dusk, warm light in the windows, painterly"
-MODEL_FOLDERS = {"checkpoint": "checkpoints", "controlnet": "controlnet", "ip_adapter": "ipadapter",
-                 "image_encoder": "clip_vision", "embedding_model": "style_clip"}
 TINY_FIELDS: dict[str, Any] = {"steps": 4, "resolution": 128, "style_resolution": 128, "height": 128}
 """With the tiny models: a few steps at 128 px, seconds on a CPU (the output is noise-like anyway)."""
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
-    from .main import DEFAULT_HOME
 
     demo = commands.add_parser("demo", help="start ComfyUI with the pack and render an example sketch end to end")
-    demo.add_argument("--comfyui-dir", type=Path, default=DEFAULT_HOME / "comfyui",
+    demo.add_argument("--comfyui-dir", type=Path, default=HOME / "comfyui",
                       help="where ComfyUI lives or is installed (default: %(default)s)")
     demo.add_argument("--models-dir", type=Path, default=None,
                       help="ComfyUI models/ folder with the real files (default: <comfyui>/models)")
@@ -51,7 +50,7 @@ def real_models_present(models_dir: Path) -> dict[str, str] | None:
     from .workflows import REAL_MODELS
 
     for field, name in REAL_MODELS.items():
-        if not (models_dir / MODEL_FOLDERS[field] / name).exists():
+        if not (models_dir / FOLDER_OF_INPUT[field] / name).exists():
             return None
     return dict(REAL_MODELS)
 
@@ -70,9 +69,9 @@ def accelerator_available() -> bool:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ..tiny_models.files import write_tiny_models
     from .comfyui_install import install_comfyui
     from .comfyui_server import free_port, link_pack, start_server
-    from .tiny_models import write_tiny_models
     from .workflows import REAL_MODELS, tiny_models
 
     if not args.sketch.is_file():
@@ -92,8 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
             extra = ("--base-directory", str(models_dir.parent))
             link_pack(models_dir.parent)
     else:
-        missing = [f"{MODEL_FOLDERS[f]}/{n}" for f, n in REAL_MODELS.items()
-                   if not (models_dir / MODEL_FOLDERS[f] / n).exists()]
+        missing = [f"{FOLDER_OF_INPUT[f]}/{n}" for f, n in REAL_MODELS.items()
+                   if not (models_dir / FOLDER_OF_INPUT[f] / n).exists()]
         reason = "--tiny given" if args.tiny else "real models not found (" + ", ".join(missing) + f" in {models_dir})"
         print(f"NOTE: {reason}.\n"
               "Rendering with TINY RANDOM-INITIALISED models: the output is noise-like and only proves the pipeline "

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LibraryError
+from .paths import HOME
 
 if TYPE_CHECKING:  # the engine is imported only when a command runs, so `--help` stays fast
     from ..retrieval.locations import InputNames, LibraryHome, LibraryLocation
 
-HOME = Path(os.environ.get("SKETCH_RAG_HOME", Path.home() / ".sketch-rag"))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -72,11 +71,11 @@ def cli_location(folder: Path | None, store: str, model: str | None, models_dir:
     Relative paths are read against the working directory; the home is ``$SKETCH_RAG_HOME``.
     """
     from ..access import AccessPolicy
+    from ..model_folders import STYLE_CLIP
     from ..retrieval.library import SHIPPED_LIBRARY
     from ..retrieval.locations import InputNames, LibraryHome, resolve_location
-    from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
-    home = LibraryHome(HOME, (models_dir / CLIP_MODELS_SUBFOLDER,), relative_base=Path.cwd())
+    home = LibraryHome(HOME, (models_dir / STYLE_CLIP,), relative_base=Path.cwd())
     flags = names or InputNames(folder="--folder", store="--store", model="--model")
     location = resolve_location(folder, store, model, policy=AccessPolicy.for_cli(read_only=[SHIPPED_LIBRARY]),
                                 home=home, names=flags)
@@ -121,7 +120,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from ..rendering.images import read_image
+    from ..imaging import read_image
     from ..retrieval.query import StyleQuery
 
     library, _ = _open(args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,9 +19,8 @@ from ..rendering.canny import MODES
 from .batch_cmd import register as register_batch
 from .demo_cmd import register as register_demo
 from .library_cmd import register as register_library
+from .paths import HOME
 from .render_cmd import register as register_render
-
-DEFAULT_HOME = Path(os.environ.get("SKETCH_RAG_HOME", Path.home() / ".sketch-rag"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     register_demo(commands)
 
     serve = commands.add_parser("serve", help="start a local ComfyUI with the Sketch RAG nodes (installs if missing)")
-    serve.add_argument("--comfyui-dir", type=Path, default=DEFAULT_HOME / "comfyui",
+    serve.add_argument("--comfyui-dir", type=Path, default=HOME / "comfyui",
                        help="where ComfyUI lives or is installed (default: %(default)s)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8188, help="port (default: %(default)s)")
@@ -81,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _tiny_models(args: argparse.Namespace) -> int:
-    from .tiny_models import write_tiny_models
+    from ..tiny_models.files import write_tiny_models
 
     for path in write_tiny_models(args.models_dir):
         print(path)
@@ -118,8 +116,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _canny(args: argparse.Namespace) -> int:
+    from ..imaging import read_image, write_image
     from ..rendering.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, CannySettings, sketch_to_edges
-    from ..rendering.images import read_image, write_image
 
     settings = CannySettings(
         low_threshold=DEFAULT_LOW_THRESHOLD if args.low_threshold is None else args.low_threshold,

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError, ModelNotFoundError
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
+from ..precisions import PRECISIONS
+from .paths import HOME
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``render`` command."""
     from ..rendering import render_request as rr
     from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
-    from .main import DEFAULT_HOME
 
     render = commands.add_parser("render", help="render a sketch in a style (SD1.5 + ControlNet + IP-Adapter)")
     render.add_argument("--sketch", type=Path, required=True, help="the sketch image")
@@ -43,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     render.add_argument(
         "--mode",
         choices=[m.value for m in rr.IpAdapterMode],
-        default="style",
+        default=rr.DEFAULT_IP_ADAPTER_MODE.value,
         help="IP-Adapter blocks: style (default), composition, style_and_composition, full",
     )
     render.add_argument(
@@ -75,8 +77,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     render.add_argument("--ip-adapter", help="file in <models-dir>/ipadapter (default: the first found)")
     render.add_argument("--image-encoder", help="file in <models-dir>/clip_vision (default: the first found)")
     render.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    render.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    render.add_argument("--store", default=str(DEFAULT_HOME / "store"), help="library index folder (with --library)")
+    render.add_argument("--dtype", default="auto", choices=PRECISIONS)
+    render.add_argument("--store", default=str(HOME / "store"), help="library index folder (with --library)")
     render.set_defaults(run=_render)
 
 
@@ -121,9 +123,9 @@ def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
 def _render(args: argparse.Namespace) -> int:
     import torch
 
+    from ..imaging import read_image, write_image
     from ..rendering.canny import CannySettings, sketch_to_edges
     from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
-    from ..rendering.images import read_image, write_image
     from ..rendering.render_request import IpAdapterMode, RenderRequest
 
     if args.style is not None:
@@ -132,10 +134,10 @@ def _render(args: argparse.Namespace) -> int:
         style_path, style_name, score = _style_from_library(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     spec = PipelineSpec(
-        checkpoint=_pick(args.models_dir, "checkpoints", args.checkpoint),
-        controlnet=_pick(args.models_dir, "controlnet", args.controlnet),
-        ip_adapter=_pick(args.models_dir, "ipadapter", args.ip_adapter),
-        image_encoder=_pick(args.models_dir, "clip_vision", args.image_encoder),
+        checkpoint=_pick(args.models_dir, CHECKPOINTS, args.checkpoint),
+        controlnet=_pick(args.models_dir, CONTROLNET, args.controlnet),
+        ip_adapter=_pick(args.models_dir, IPADAPTER, args.ip_adapter),
+        image_encoder=_pick(args.models_dir, CLIP_VISION, args.image_encoder),
         dtype=args.dtype,
         device=device,
     )

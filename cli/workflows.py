@@ -364,8 +364,8 @@ REAL_MODELS: dict[str, str] = {
 
 def tiny_models() -> dict[str, str]:
     """Job fields that point the bundled workflows at the files ``sketch-rag tiny-models`` writes."""
-    from ..rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
-    from ..retrieval.tiny_clip import TINY_CLIP_NAME
+    from ..tiny_models.clip import TINY_CLIP_NAME
+    from ..tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
     return {"checkpoint": CHECKPOINT_NAME, "controlnet": CONTROLNET_NAMES[0], "ip_adapter": IP_ADAPTER_NAMES[0],
             "image_encoder": IMAGE_ENCODER_NAME, "embedding_model": TINY_CLIP_NAME}

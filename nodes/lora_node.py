@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
+from ..model_folders import LORAS
 from ..rendering.lora import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
 from .sampler_nodes import HybridPipelineType, _checked_pipeline, _choices, _full_path
-
-LORA_FOLDER = "loras"
 
 
 class HybridLoRA(io.ComfyNode):
@@ -34,7 +33,7 @@ class HybridLoRA(io.ComfyNode):
                 HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
                 io.Combo.Input(
                     "lora",
-                    options=_choices(LORA_FOLDER),
+                    options=_choices(LORAS),
                     tooltip="An SD1.5 LoRA from models/loras, kohya/A1111 or diffusers layout (.safetensors).",
                 ),
                 io.Float.Input(
@@ -60,7 +59,7 @@ class HybridLoRA(io.ComfyNode):
         from ..rendering.lora import check_strength
 
         pipeline = _checked_pipeline(pipeline)
-        path = _full_path(LORA_FOLDER, lora)
+        path = _full_path(LORAS, lora)
         spec = dataclasses.replace(pipeline, loras=(*pipeline.loras, (path, check_strength(strength, path))))
         DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node
         return io.NodeOutput(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from comfy.utils import ProgressBar
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..errors import InvalidParameterError
 from ..rendering.canny import (

@@ -19,18 +19,18 @@ import numpy as np
 import torch
 from comfy import model_management
 from comfy.utils import ProgressBar
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 from PIL import Image, ImageDraw
 
 from ..access import AccessPolicy
 from ..errors import InvalidImageError, LibraryError, SketchRagError
+from ..model_folders import STYLE_CLIP
 from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
 from ..retrieval.locations import LibraryHome, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
-from ..retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 from .common import CATEGORY, NODE_PREFIX
 from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
@@ -48,11 +48,11 @@ _cache_lock = threading.Lock()
 
 def _model_dirs() -> list[Path]:
     """The folders the embedding-model dropdown lists, registering ``models/style_clip`` on first use."""
-    if CLIP_MODELS_SUBFOLDER not in folder_paths.folder_names_and_paths:
+    if STYLE_CLIP not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(
-            CLIP_MODELS_SUBFOLDER, os.path.join(folder_paths.models_dir, CLIP_MODELS_SUBFOLDER), is_default=True
+            STYLE_CLIP, os.path.join(folder_paths.models_dir, STYLE_CLIP), is_default=True
         )
-    return [Path(p) for p in folder_paths.get_folder_paths(CLIP_MODELS_SUBFOLDER)]
+    return [Path(p) for p in folder_paths.get_folder_paths(STYLE_CLIP)]
 
 
 def _model_options() -> list[str]:
@@ -163,7 +163,7 @@ class StyleLibraryLoader(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "embedding_model", options=options, default=options[0],
-                    tooltip=f"A transformers CLIP folder in models/{CLIP_MODELS_SUBFOLDER}, or {DEFAULT_HUB_MODEL} "
+                    tooltip=f"A transformers CLIP folder in models/{STYLE_CLIP}, or {DEFAULT_HUB_MODEL} "
                     "from the Hugging Face Hub (needs allow_download).",
                 ),
                 io.String.Input(

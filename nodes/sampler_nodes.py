@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
+from ..precisions import PRECISIONS
 from ..rendering import render_request as rr
 from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .common import CATEGORY, NODE_PREFIX
@@ -22,9 +24,7 @@ from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image,
 
 HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
 
-IPADAPTER_FOLDER = "ipadapter"
 NONE_CHOICE = "none"
-DTYPE_CHOICES = ["auto", "fp16", "bf16", "fp32"]
 
 
 def _register_ipadapter_folder() -> None:
@@ -34,9 +34,9 @@ def _register_ipadapter_folder() -> None:
     """
     import folder_paths
 
-    if IPADAPTER_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[IPADAPTER_FOLDER] = (
-            [os.path.join(folder_paths.models_dir, IPADAPTER_FOLDER)],
+    if IPADAPTER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[IPADAPTER] = (
+            [os.path.join(folder_paths.models_dir, IPADAPTER)],
             folder_paths.supported_pt_extensions,
         )
 
@@ -88,29 +88,29 @@ class HybridPipelineLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "checkpoint",
-                    options=_choices("checkpoints"),
+                    options=_choices(CHECKPOINTS),
                     tooltip="SD1.5 single-file checkpoint from models/checkpoints.",
                 ),
                 io.Combo.Input(
                     "controlnet",
-                    options=_choices("controlnet"),
+                    options=_choices(CONTROLNET),
                     tooltip="An SD1.5 ControlNet from models/controlnet (.pth or .safetensors): canny for the Canny "
                     "node's edges or lines, lineart/scribble for its lines mode.",
                 ),
                 io.Combo.Input(
                     "ip_adapter",
-                    options=_choices(IPADAPTER_FOLDER, optional=True),
+                    options=_choices(IPADAPTER, optional=True),
                     tooltip="ip-adapter_sd15 or ip-adapter-plus_sd15 from models/ipadapter; 'none' "
                     "renders without style references.",
                 ),
                 io.Combo.Input(
                     "image_encoder",
-                    options=_choices("clip_vision", optional=True),
+                    options=_choices(CLIP_VISION, optional=True),
                     tooltip="The ViT-H/14 image encoder the IP-Adapter was trained with, from "
                     "models/clip_vision; 'none' only together with ip_adapter 'none'.",
                 ),
                 io.Combo.Input(
-                    "dtype", options=DTYPE_CHOICES, default="auto", tooltip="auto: fp16 on a GPU, fp32 on the CPU."
+                    "dtype", options=list(PRECISIONS), default="auto", tooltip="auto: fp16 on a GPU, fp32 on the CPU."
                 ),
                 io.Boolean.Input(
                     "attention_slicing",
@@ -145,10 +145,10 @@ class HybridPipelineLoader(io.ComfyNode):
 
         _register_ipadapter_folder()
         spec = PipelineSpec(
-            checkpoint=_full_path("checkpoints", checkpoint),
-            controlnet=_full_path("controlnet", controlnet),
-            ip_adapter=None if ip_adapter == NONE_CHOICE else _full_path(IPADAPTER_FOLDER, ip_adapter),
-            image_encoder=None if image_encoder == NONE_CHOICE else _full_path("clip_vision", image_encoder),
+            checkpoint=_full_path(CHECKPOINTS, checkpoint),
+            controlnet=_full_path(CONTROLNET, controlnet),
+            ip_adapter=None if ip_adapter == NONE_CHOICE else _full_path(IPADAPTER, ip_adapter),
+            image_encoder=None if image_encoder == NONE_CHOICE else _full_path(CLIP_VISION, image_encoder),
             dtype=dtype,
             device=str(mm.get_torch_device()),
             attention_slicing=attention_slicing,
@@ -228,7 +228,7 @@ class HybridSampler(io.ComfyNode):
                 io.Combo.Input(
                     "ip_adapter_mode",
                     options=[m.value for m in rr.IpAdapterMode],
-                    default="style",
+                    default=rr.DEFAULT_IP_ADAPTER_MODE.value,
                     tooltip="Where the reference is injected. style: only the style layers (the three of "
                     "up_blocks.1), as InstantStyle does for SD1.5, to carry colour and brushwork rather than the "
                     "reference's objects; composition: only the layout layers (down_blocks.2 and the mid block); "
@@ -366,7 +366,7 @@ class HybridSampler(io.ComfyNode):
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
         ip_adapter_scale: float = rr.DEFAULT_IP_ADAPTER_SCALE,
-        ip_adapter_mode: str = "style",
+        ip_adapter_mode: str = rr.DEFAULT_IP_ADAPTER_MODE.value,
         num_inference_steps: int = rr.DEFAULT_STEPS,
         guidance_scale: float = rr.DEFAULT_GUIDANCE_SCALE,
         seed: int = 0,

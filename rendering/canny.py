@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .images import check_image_array, check_image_size, to_uint8
+from ..imaging import check_image_array, check_image_size, to_uint8
 from .lines import centre_lines
 
 DEFAULT_LOW_THRESHOLD = 50

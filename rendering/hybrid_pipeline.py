@@ -33,8 +33,9 @@ import torch
 
 from ..errors import InvalidImageError, InvalidParameterError, ModelNotFoundError, RenderInterruptedError
 from ..hub_access import hub_offline
+from ..imaging import to_uint8
+from ..precisions import PRECISIONS
 from . import loading, refine
-from .images import to_uint8
 from .lora import LoraFusion
 from .model_files import FileKey
 from .prompt_embeds import encode_prompts
@@ -44,6 +45,7 @@ from .schedulers import SAMPLERS, make_scheduler
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""Torch dtypes of :data:`~..precisions.FIXED_PRECISIONS`."""
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (steps done, total steps, current latents)."""
@@ -62,7 +64,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise InvalidParameterError(f"dtype is {name!r}; pick one of auto, {', '.join(DTYPES)}.")
+        raise InvalidParameterError(f"dtype is {name!r}; pick one of {', '.join(PRECISIONS)}.")
     return DTYPES[name]
 
 

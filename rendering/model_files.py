@@ -16,19 +16,20 @@ from typing import Any
 import torch
 
 from ..errors import ModelMismatchError, ModelNotFoundError
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER, LORAS
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 # What each ComfyUI models/ subfolder should hold for this sampler, for error messages.
 WANTED = {
-    "checkpoints": "an SD1.5 checkpoint, e.g. v1-5-pruned-emaonly.safetensors "
+    CHECKPOINTS: "an SD1.5 checkpoint, e.g. v1-5-pruned-emaonly.safetensors "
     "(stable-diffusion-v1-5/stable-diffusion-v1-5)",
-    "controlnet": "an SD1.5 ControlNet (canny, lineart, scribble, softedge, tile ...), "
+    CONTROLNET: "an SD1.5 ControlNet (canny, lineart, scribble, softedge, tile ...), "
     "e.g. control_v11p_sd15_canny.pth (lllyasviel/ControlNet-v1-1)",
-    "ipadapter": "ip-adapter_sd15.safetensors or ip-adapter-plus_sd15.safetensors (h94/IP-Adapter, models/)",
-    "clip_vision": "the ViT-H image encoder, h94/IP-Adapter models/image_encoder/model.safetensors "
+    IPADAPTER: "ip-adapter_sd15.safetensors or ip-adapter-plus_sd15.safetensors (h94/IP-Adapter, models/)",
+    CLIP_VISION: "the ViT-H image encoder, h94/IP-Adapter models/image_encoder/model.safetensors "
     "(ComfyUI users name it CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors)",
-    "loras": "an SD1.5 LoRA (.safetensors, kohya/A1111 or diffusers layout)",
+    LORAS: "an SD1.5 LoRA (.safetensors, kohya/A1111 or diffusers layout)",
 }
 
 

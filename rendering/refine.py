@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .images import to_uint8
+from ..imaging import to_uint8
 
 
 def round_to_8(value: float) -> int:

@@ -14,7 +14,7 @@ from enum import Enum
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidParameterError
-from .images import check_image_array, to_float_image
+from ..imaging import check_image_array, to_float_image
 from .refine import denoised_steps, hires_size
 from .schedulers import DEFAULT_SAMPLER, check_sampler
 
@@ -52,6 +52,10 @@ class IpAdapterMode(str, Enum):
     STYLE = "style"
     COMPOSITION = "composition"
     STYLE_AND_COMPOSITION = "style_and_composition"
+
+
+DEFAULT_IP_ADAPTER_MODE = IpAdapterMode.STYLE
+"""The default everywhere (engine, node, CLI): a retrieved reference should lend its style, not its objects."""
 
 
 def ip_adapter_block_scales(mode: IpAdapterMode, scale: float) -> float | dict[str, object]:
@@ -96,7 +100,7 @@ class RenderRequest:
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
     ip_adapter_scale: float = DEFAULT_IP_ADAPTER_SCALE
-    ip_adapter_mode: IpAdapterMode = IpAdapterMode.FULL
+    ip_adapter_mode: IpAdapterMode = DEFAULT_IP_ADAPTER_MODE
     seed: int = 0
     width: int = 0
     height: int = 0

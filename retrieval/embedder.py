@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InvalidParameterError, ModelNotFoundError
+from ..hashing import sha256_file
 from ..hub_access import hub_access, hub_offline, process_is_offline
-from .hashing import sha256_file
+from ..precisions import PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ MAX_TEXT_CHARS = 10_000
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each embedded batch."""
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""Weights and arithmetic of the embedding model; ``auto`` is :func:`auto_precision`."""
 
 
 class Embedder(Protocol):

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import LibraryError
-from .hashing import sha256_file
+from ..hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 

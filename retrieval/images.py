@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..rendering.images import decode_image, to_float_image, to_uint8
+from ..imaging import decode_image, to_float_image, to_uint8
 
 EMBED_SIDE = 448
 """Longest side kept for embedding: twice CLIP's 224 so its own resize/crop still has detail."""

@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..access import AccessPolicy
 from ..errors import InvalidImageError, LibraryError
-from ..rendering.images import write_image
+from ..imaging import write_image
 from .embedder import Embedder, ProgressCallback
 from .embedding_cache import EmbeddingCache
 from .file_names import control_characters, style_file_stem

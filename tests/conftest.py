@@ -22,7 +22,7 @@ import pytest
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
-from sketch_rag.cli.tiny_models import write_tiny_models
+from sketch_rag.tiny_models.files import write_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SKETCHES = REPO / "examples" / "sketches"

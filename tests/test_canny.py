@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sketch_rag.errors import InvalidImageError, InvalidParameterError
+from sketch_rag.imaging import read_image
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges, target_size
-from sketch_rag.rendering.images import read_image
 
 
 def gray_u8(path: Path) -> np.ndarray:

@@ -16,8 +16,8 @@ import pytest
 from sketch_rag.cli.comfyui_client import ComfyClient, ComfyClientError
 from sketch_rag.cli.comfyui_server import free_port
 from sketch_rag.cli.main import main
+from sketch_rag.imaging import read_image
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
-from sketch_rag.rendering.images import read_image
 
 REPO = Path(__file__).resolve().parent.parent
 

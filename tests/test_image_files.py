@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sketch_rag.errors import InvalidImageError
-from sketch_rag.rendering.images import read_image, write_image
+from sketch_rag.imaging import read_image, write_image
 
 
 def png_claiming_size(path: Path, width: int, height: int) -> Path:

@@ -14,8 +14,8 @@ from skimage.morphology import medial_axis
 
 from sketch_rag.cli.main import main
 from sketch_rag.errors import InvalidImageError, InvalidParameterError
+from sketch_rag.imaging import read_image
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
-from sketch_rag.rendering.images import read_image
 
 LINES = CannySettings(mode="lines")
 # The 8 neighbours in ring order, so runs of set neighbours can be counted around a pixel.

@@ -31,7 +31,7 @@ from sketch_rag.nodes.retrieval_nodes import AddToStyleLibrary, ClipStyleRetriev
 from sketch_rag.retrieval.embedder import DEFAULT_HUB_MODEL
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import MAX_K
-from sketch_rag.retrieval.tiny_clip import TINY_CLIP_NAME
+from sketch_rag.tiny_models.clip import TINY_CLIP_NAME
 
 pytestmark = pytest.mark.node
 

@@ -19,7 +19,7 @@ from sketch_rag.errors import InvalidImageError, InvalidParameterError, ModelNot
 from sketch_rag.nodes.sampler_nodes import HybridPipelineLoader, HybridSampler
 from sketch_rag.rendering import render_request as rr
 from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 pytestmark = pytest.mark.node
 

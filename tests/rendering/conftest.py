@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sketch_rag.rendering.tiny_sd import write_tiny_sd_models
+    from sketch_rag.tiny_models.sd import write_tiny_sd_models
 
     root = tmp_path_factory.mktemp("tiny_sd") / "models"
     write_tiny_sd_models(root)
@@ -80,8 +80,8 @@ def other_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A second tiny checkpoint and ControlNet (another seed): same layout, different weights."""
     from safetensors.torch import save_file
 
-    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint, sd15_checkpoint
-    from sketch_rag.rendering.tiny_sd import build_tiny_sd15
+    from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint, sd15_checkpoint
+    from sketch_rag.tiny_models.sd import build_tiny_sd15
 
     folder = tmp_path_factory.mktemp("other_models")
     models = build_tiny_sd15(seed=1)

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from sketch_rag.cli.comfyui_install import install_comfyui
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER, write_tiny_clip
+from sketch_rag.model_folders import STYLE_CLIP
+from sketch_rag.tiny_models.clip import write_tiny_clip
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
@@ -37,7 +38,7 @@ def report(models_dir: Path, other_models: dict[str, Path], tmp_path_factory: py
         "image_encoder": str(models_dir / "clip_vision" / IMAGE_ENCODER_NAME),
     }
     b = {**a, "checkpoint": str(other_models["checkpoint"])}
-    args = {"a": a, "b": b, "clip_dir": str(clip_root / CLIP_MODELS_SUBFOLDER)}
+    args = {"a": a, "b": b, "clip_dir": str(clip_root / STYLE_CLIP)}
     # The child runs in ComfyUI's folder: relative entries of our own PYTHONPATH must not change meaning there.
     ours = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     path = os.pathsep.join([str(comfy_dir), *ours])

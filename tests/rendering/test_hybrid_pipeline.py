@@ -14,7 +14,7 @@ import torch
 from sketch_rag.errors import RenderInterruptedError
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
-from sketch_rag.rendering.tiny_sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
 
 STEPS = 4
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from sketch_rag.errors import InvalidParameterError, ModelMismatchError, ModelNotFoundError
-from sketch_rag.rendering import tiny_lora
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.lora import read_lora
 from sketch_rag.rendering.render_request import RenderRequest
-from sketch_rag.rendering.tiny_lora import LORA_NAMES
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME
+from sketch_rag.tiny_models import lora as tiny_lora
+from sketch_rag.tiny_models.lora import LORA_NAMES
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME
 
 STEPS = 3
 
@@ -41,7 +41,7 @@ def request(edge: np.ndarray, styles: list[np.ndarray] | None = None, **changes:
 
 @pytest.fixture(scope="module")
 def loras_dir(models_dir: Path) -> Path:
-    from sketch_rag.rendering.tiny_sd import build_tiny_sd15
+    from sketch_rag.tiny_models.sd import build_tiny_sd15
 
     folder = models_dir / "loras"
     sd = build_tiny_sd15()

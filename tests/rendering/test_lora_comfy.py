@@ -13,8 +13,8 @@ from PIL import Image
 
 from sketch_rag.cli.comfyui_client import ComfyClient, JobFailed
 from sketch_rag.cli.comfyui_server import ComfyServer
-from sketch_rag.rendering.tiny_lora import LORA_NAMES
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.lora import LORA_NAMES
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 

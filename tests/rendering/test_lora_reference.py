@@ -21,9 +21,9 @@ import torch
 
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
-from sketch_rag.rendering.ldm_layout import unet_to_ldm
-from sketch_rag.rendering.tiny_lora import LORA_NAMES, write_tiny_loras
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, TINY_TEXT_HIDDEN, build_tiny_sd15
+from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
+from sketch_rag.tiny_models.lora import LORA_NAMES, write_tiny_loras
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, TINY_TEXT_HIDDEN, build_tiny_sd15
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 

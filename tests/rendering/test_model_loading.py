@@ -17,7 +17,7 @@ from sketch_rag.errors import InvalidImageError, InvalidParameterError, ModelMis
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.model_files import resolve_model
 from sketch_rag.rendering.render_request import RenderRequest
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IP_ADAPTER_NAMES, build_tiny_sd15
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IP_ADAPTER_NAMES, build_tiny_sd15
 
 
 @pytest.fixture
@@ -287,7 +287,7 @@ def test_edge_and_style_images_of_different_sizes_and_aspects_work_together(cach
 @pytest.fixture(scope="module")
 def controlnet_variants(models_dir: Path, originals: dict[str, Any], tmp_path_factory) -> dict[str, Path]:
     """The tiny ControlNet as users keep lineart, scribble, softedge and tile models: every layout, other names."""
-    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint
+    from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint
 
     root = tmp_path_factory.mktemp("controlnets")
     controlnet = originals["controlnet"]
@@ -351,8 +351,8 @@ def wrong_controlnets(models_dir: Path, originals: dict[str, Any], tmp_path_fact
     """Files users put into models/controlnet that this SD1.5 sampler cannot use."""
     from diffusers import ControlNetModel
 
-    from sketch_rag.rendering.ldm_layout import controlnet_checkpoint
-    from sketch_rag.rendering.tiny_sd import TINY_UNET_CHANNELS
+    from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint
+    from sketch_rag.tiny_models.sd import TINY_UNET_CHANNELS
 
     root = tmp_path_factory.mktemp("wrong_controlnets")
     ldm = controlnet_checkpoint(originals["controlnet"], prefix="")

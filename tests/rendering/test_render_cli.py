@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sketch_rag.cli.main import main
-from sketch_rag.rendering.images import read_image
+from sketch_rag.imaging import read_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ def test_render_with_a_style_image_writes_the_png_and_reports_the_style(
 def test_render_picks_the_best_library_match_for_the_prompt(
     tmp_path: Path, sketch: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sketch_rag.retrieval.tiny_clip import write_tiny_clip
+    from sketch_rag.tiny_models.clip import write_tiny_clip
 
     write_tiny_clip(models_dir)
     library = tmp_path / "styles"

@@ -97,13 +97,13 @@ def test_the_default_sampler_renders_as_plain_diffusers_with_unipc(full: Any, re
     from PIL import Image
 
     from sketch_rag.rendering.architectures import SD15_CONFIG_DIR
-    from sketch_rag.rendering.render_request import check_request
+    from sketch_rag.rendering.render_request import check_request, ip_adapter_block_scales
 
     shipped = json.loads((SD15_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
     req = request(edge_image, styles[:1])
     pipe = full.pipe
     pipe.scheduler = UniPCMultistepScheduler.from_config(shipped)
-    pipe.set_ip_adapter_scale(1.0)
+    pipe.set_ip_adapter_scale(ip_adapter_block_scales(req.ip_adapter_mode, req.ip_adapter_scale))  # InstantStyle's dict
     with torch.inference_mode():
         reference = pipe(
             prompt=req.prompt,

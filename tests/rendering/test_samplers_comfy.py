@@ -14,7 +14,7 @@ from PIL import Image
 from sketch_rag.cli.comfyui_client import ComfyClient, JobFailed, PromptRejected
 from sketch_rag.cli.workflows import bind, load_api_workflow, targets, tiny_models, validate_graph
 from sketch_rag.rendering.schedulers import SAMPLER_NAMES
-from sketch_rag.rendering.tiny_sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 

@@ -11,10 +11,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from geometry import COLOURS, GeometryEmbedder, solid  # noqa: E402
 
+from sketch_rag.model_folders import STYLE_CLIP  # noqa: E402
 from sketch_rag.retrieval.embedder import ClipEmbedder  # noqa: E402
 from sketch_rag.retrieval.folder import LibraryRoot  # noqa: E402
 from sketch_rag.retrieval.library import StyleLibrary, open_library  # noqa: E402
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER, write_tiny_clip  # noqa: E402
+from sketch_rag.tiny_models.clip import write_tiny_clip  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_models_dir: Path) -> ClipEmbedder:
-    return ClipEmbedder.load("tiny-random-clip", device="cpu", search_dirs=[tiny_models_dir / CLIP_MODELS_SUBFOLDER])
+    return ClipEmbedder.load("tiny-random-clip", device="cpu", search_dirs=[tiny_models_dir / STYLE_CLIP])
 
 
 @pytest.fixture

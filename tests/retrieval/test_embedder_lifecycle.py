@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from sketch_rag.errors import InvalidParameterError, ModelNotFoundError
+from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
 
 @pytest.fixture
 def clip_dir(tiny_models_dir: Path) -> Path:
-    return tiny_models_dir / CLIP_MODELS_SUBFOLDER
+    return tiny_models_dir / STYLE_CLIP
 
 
 def test_a_released_embedder_reloads_on_its_next_use_and_embeds_the_same(clip_dir: Path) -> None:

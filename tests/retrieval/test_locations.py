@@ -18,12 +18,12 @@ from geometry import GeometryEmbedder
 from sketch_rag.access import AccessPolicy
 from sketch_rag.cli.library_cmd import cli_location
 from sketch_rag.errors import AccessDeniedError, LibraryError
+from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import DEFAULT_HUB_MODEL
 from sketch_rag.retrieval.file_names import MAX_STEM_BYTES, style_file_stem
 from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, open_library
 from sketch_rag.retrieval.locations import LibraryHome, library_roots, resolve_location
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
 
 @pytest.fixture
@@ -147,9 +147,9 @@ def test_store_urls_must_be_listed_and_a_listed_server_that_is_down_fails_fast(
 
 
 def test_a_model_path_outside_is_refused_for_the_nodes(base: Path, tiny_models_dir: Path) -> None:
-    home = node_home(base, (tiny_models_dir / CLIP_MODELS_SUBFOLDER,))
+    home = node_home(base, (tiny_models_dir / STYLE_CLIP,))
     assert resolve_location("", "", "", policy=node_policy(base), home=home).model == "tiny-random-clip"
-    for outside in (str(tiny_models_dir / CLIP_MODELS_SUBFOLDER / "tiny-random-clip"), "../../../etc"):
+    for outside in (str(tiny_models_dir / STYLE_CLIP / "tiny-random-clip"), "../../../etc"):
         with pytest.raises(AccessDeniedError, match="embedding_model"):
             resolve_location("", "", outside, policy=node_policy(base), home=home)
     assert resolve_location("", "", "openai/clip-vit-large-patch14", policy=node_policy(base),

@@ -10,10 +10,10 @@ import torch
 from geometry import COLOURS
 
 from sketch_rag.errors import InvalidParameterError, LibraryError
+from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder, auto_precision
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import StyleQuery, blend_weights, exact_top_k
-from sketch_rag.retrieval.tiny_clip import CLIP_MODELS_SUBFOLDER
 
 
 def names(library: StyleLibrary, **query: object) -> list[str]:
@@ -94,7 +94,7 @@ def test_exact_top_k_breaks_ties_by_id() -> None:
 def test_precision_follows_the_device_and_barely_moves_embeddings(
     tiny_clip, tiny_models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tiny_models_dir / CLIP_MODELS_SUBFOLDER
+    folder = tiny_models_dir / STYLE_CLIP
     exact = ClipEmbedder.load("tiny-random-clip", device="cpu", precision="fp32", search_dirs=[folder])
     half = ClipEmbedder.load("tiny-random-clip", device="cpu", precision="bf16", search_dirs=[folder])
     assert (exact.precision, half.precision) == ("fp32", "bf16") and exact.model_key == half.model_key

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .tiny_sd import TINY_SEED
+from .sd import TINY_SEED
 
 LORA_NAMES = ("tiny-lora_sd15_kohya.safetensors", "tiny-lora_sd15_diffusers.safetensors")
 TINY_LORA_RANK = 4

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import InvalidImageError
+from .errors import InvalidImageError
 
 MAX_SIDE = 16384
 """Largest accepted side in pixels: far beyond SD1.5's needs, still small enough to process."""

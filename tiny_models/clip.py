@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-#: The ComfyUI ``models/`` subfolder the Style Library loader lists embedding models from.
-CLIP_MODELS_SUBFOLDER = "style_clip"
+from ..model_folders import STYLE_CLIP
+
 #: The folder name of the tiny model inside that subfolder ("tiny" marks it as not a real model).
 TINY_CLIP_NAME = "tiny-random-clip"
 #: The projection (embedding) dimension of the tiny model.
@@ -55,7 +55,7 @@ def write_tiny_clip(models_dir: Path) -> list[Path]:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    target = models_dir / CLIP_MODELS_SUBFOLDER / TINY_CLIP_NAME
+    target = models_dir / STYLE_CLIP / TINY_CLIP_NAME
     target.mkdir(parents=True, exist_ok=True)
 
     vocab = byte_level_vocab()

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from . import architectures as arch
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
+from ..rendering import architectures as arch
 from .ldm_layout import controlnet_checkpoint, sd15_checkpoint
 
 TINY_SEED = 0
@@ -158,7 +159,7 @@ def write_tiny_sd_models(models_dir: Path) -> list[Path]:
     from safetensors.torch import save_file
 
     models = build_tiny_sd15()
-    folders = {name: models_dir / name for name in ("checkpoints", "controlnet", "ipadapter", "clip_vision")}
+    folders = {name: models_dir / name for name in (CHECKPOINTS, CONTROLNET, IPADAPTER, CLIP_VISION)}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -168,16 +169,16 @@ def write_tiny_sd_models(models_dir: Path) -> list[Path]:
         return path
 
     checkpoint = sd15_checkpoint(models["unet"], models["vae"], models["text_encoder"], dtype=torch.float16)
-    save_file(checkpoint, str(keep(folders["checkpoints"] / CHECKPOINT_NAME)))
+    save_file(checkpoint, str(keep(folders[CHECKPOINTS] / CHECKPOINT_NAME)))
     save_file(
         controlnet_checkpoint(models["controlnet"], prefix="", dtype=torch.float16),
-        str(keep(folders["controlnet"] / CONTROLNET_NAMES[0])),
+        str(keep(folders[CONTROLNET] / CONTROLNET_NAMES[0])),
     )
-    torch.save(controlnet_checkpoint(models["controlnet"]), keep(folders["controlnet"] / CONTROLNET_NAMES[1]))
+    torch.save(controlnet_checkpoint(models["controlnet"]), keep(folders[CONTROLNET] / CONTROLNET_NAMES[1]))
     plain = ip_adapter_state_dict(models["unet"], plus=False)
-    save_file(plain, str(keep(folders["ipadapter"] / IP_ADAPTER_NAMES[0])))
-    torch.save(nest_ip_adapter(plain), keep(folders["ipadapter"] / IP_ADAPTER_NAMES[1]))
-    save_file(ip_adapter_state_dict(models["unet"], plus=True), str(keep(folders["ipadapter"] / IP_ADAPTER_NAMES[2])))
+    save_file(plain, str(keep(folders[IPADAPTER] / IP_ADAPTER_NAMES[0])))
+    torch.save(nest_ip_adapter(plain), keep(folders[IPADAPTER] / IP_ADAPTER_NAMES[1]))
+    save_file(ip_adapter_state_dict(models["unet"], plus=True), str(keep(folders[IPADAPTER] / IP_ADAPTER_NAMES[2])))
     encoder = {k: v.half().contiguous() for k, v in models["image_encoder"].state_dict().items()}
-    save_file(encoder, str(keep(folders["clip_vision"] / IMAGE_ENCODER_NAME)))
+    save_file(encoder, str(keep(folders[CLIP_VISION] / IMAGE_ENCODER_NAME)))
     return written
