@@ -286,10 +286,13 @@ def test_the_retriever_refuses_what_is_not_a_library() -> None:
         retrieve("my_styles")
 
 
-@pytest.mark.parametrize(("k", "verdict"), [(1, True), (MAX_K, True), (0, "k is 0"), (MAX_K + 1, f"k is {MAX_K + 1}")])
-def test_validate_inputs_holds_k_to_its_range(k: int, verdict: bool | str) -> None:
-    result = ClipStyleRetriever.validate_inputs(k=k, tag_filter="")
-    assert result is True if verdict is True else verdict in str(result)
+@pytest.mark.parametrize(("k", "message"), [(1, None), (MAX_K, None), (0, "k is 0"), (MAX_K + 1, f"k is {MAX_K + 1}")])
+def test_validate_inputs_holds_k_to_its_range(k: int, message: str | None) -> None:
+    verdict = ClipStyleRetriever.validate_inputs(k=k, tag_filter="")
+    if message is None:
+        assert verdict is True
+    else:
+        assert isinstance(verdict, str) and message in verdict and f"1 to {MAX_K}" in verdict
 
 
 # -- Add to Style Library ------------------------------------------------------------------------------------
