@@ -121,12 +121,23 @@ def test_without_an_ip_adapter_the_loader_leaves_both_adapter_files_out() -> Non
     assert spec.ip_adapter is None and spec.image_encoder is None
 
 
-def test_a_missing_checkpoint_names_the_folder_lists_the_candidates_and_what_to_download(comfy_base: Path) -> None:
+@pytest.mark.parametrize(
+    ("role", "name", "folder", "found"),
+    [
+        ("checkpoint", "v1-5-pruned-emaonly.safetensors", "checkpoints", CHECKPOINT_NAME),
+        ("controlnet", "control_v11p_sd15_canny.pth", "controlnet", CONTROLNET_NAMES[0]),
+        ("ip_adapter", "ip-adapter_sd15.safetensors", "ipadapter", IP_ADAPTER_NAMES[0]),
+        ("image_encoder", "CLIP-ViT-H-14.safetensors", "clip_vision", IMAGE_ENCODER_NAME),
+    ],
+)
+def test_a_missing_model_names_the_folder_lists_the_candidates_and_what_to_download(
+    comfy_base: Path, role: str, name: str, folder: str, found: str
+) -> None:
     with pytest.raises(ModelNotFoundError) as caught:
-        load(checkpoint="v1-5-pruned-emaonly.safetensors")
+        load(**{role: name})
     message = str(caught.value)
-    assert "'v1-5-pruned-emaonly.safetensors'" in message and str(comfy_base / "models" / "checkpoints") in message
-    assert f"found: {CHECKPOINT_NAME}" in message and "Put " in message
+    assert f"{name!r}" in message and str(comfy_base / "models" / folder) in message
+    assert found in message and "Put " in message
 
 
 def test_an_ip_adapter_without_its_image_encoder_is_refused() -> None:
