@@ -339,3 +339,14 @@ def test_adding_refuses_what_is_not_a_library_or_an_image(library: StyleLibrary)
         AddToStyleLibrary.execute({}, torch.zeros(1, 8, 8, 3), "x", "")
     with pytest.raises(InvalidImageError, match=r"image input has shape \(0, 8, 8, 3\)"):
         AddToStyleLibrary.execute(library, torch.zeros(0, 8, 8, 3), "x", "")
+
+
+def test_comfyuis_interrupt_stops_a_library_sync_and_the_next_run_completes_it(
+    comfy_base: Path, interrupted: Any
+) -> None:
+    folder = paint(comfy_base / "input" / "node_interrupted")
+    interrupted.interrupt_current_processing(True)  # what POST /interrupt sets
+    with pytest.raises(interrupted.InterruptProcessingException):
+        load(str(folder), store="node_interrupted")
+    interrupted.interrupt_current_processing(False)
+    assert len(load(str(folder), store="node_interrupted").synced_records()) == len(COLOURS)
