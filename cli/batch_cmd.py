@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidParameterError, JobFileError
+from ..errors import InvalidParameterError
 from .batch_worker import JOB_TIMEOUT_S, REQUEST_TIMEOUT_S
 
 
@@ -53,15 +53,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _batch(args: argparse.Namespace) -> int:
     from .batch import BatchSettings, run_batch
-    from .batch_jobs import bad_rows_message, read_job_file
+    from .batch_jobs import read_jobs
     from .workflows import load_api_workflow, load_ui_workflow, tiny_models, ui_path
 
-    job_file = read_job_file(args.jobs)
-    if job_file.bad_rows and not args.skip_bad:
-        raise JobFileError(bad_rows_message(job_file))
-    if not job_file.jobs:
-        raise JobFileError(f"{args.jobs} has no good rows; nothing was queued:\n  "
-                           + "\n  ".join(str(row) for row in job_file.bad_rows))
+    job_file = read_jobs(args.jobs, skip_bad=args.skip_bad)
     for row in job_file.bad_rows:
         print(f"skipped: {row}", file=sys.stderr)
     if args.slots < 1:

@@ -91,16 +91,21 @@ def _default_seed(sketch: Path, prompt: str) -> int:
     return int(hashlib.sha256(f"{sketch.name}\n{prompt}".encode()).hexdigest()[:8], 16)
 
 
-def read_jobs(path: Path) -> list[Job]:
-    """Jobs from a ``.csv`` (with a header row) or ``.jsonl`` file; relative sketch paths are relative to it.
+def read_jobs(path: Path, *, skip_bad: bool = False) -> JobFile:
+    """The jobs of a ``.csv`` (with a header row) or ``.jsonl`` file, ready to queue; relative sketch paths are
+    relative to it. With ``skip_bad`` the bad rows are returned beside the good ones instead of refused.
 
     Raises:
-        JobFileError: the file is missing or of an unknown kind, or any row is bad (all bad rows listed).
+        JobFileError: the file is missing or of an unknown kind, any row is bad (all bad rows listed) and
+            ``skip_bad`` is off, or no row is good.
     """
     job_file = read_job_file(path)
-    if job_file.bad_rows:
+    if job_file.bad_rows and not skip_bad:
         raise JobFileError(bad_rows_message(job_file))
-    return job_file.jobs
+    if not job_file.jobs:
+        raise JobFileError(f"{path} has no good rows; nothing was queued:\n  "
+                           + "\n  ".join(str(row) for row in job_file.bad_rows))
+    return job_file
 
 
 def bad_rows_message(job_file: JobFile) -> str:

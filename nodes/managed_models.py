@@ -35,11 +35,6 @@ class ManagedModels:
         self._key: Hashable = None
         self._reloading = False
 
-    @property
-    def registered_key(self) -> Hashable:
-        """The key of the models ComfyUI currently manages for us (None: none)."""
-        return self._key
-
     def use(self, key: Hashable, modules: Mapping[str, torch.nn.Module]) -> None:
         """Tell ComfyUI that ``modules`` (identified by ``key``, e.g. their load generation) are about to run.
 

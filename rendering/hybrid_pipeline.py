@@ -267,10 +267,6 @@ class PipelineCache:
         """Held while a model is loaded or an image rendered: one pipeline, one user at a time."""
         return self._lock
 
-    @property
-    def loaded_roles(self) -> list[str]:
-        return sorted(self._slots)
-
     def generation(self, role: str) -> int | None:
         """The load generation of ``role``'s held model (None: not loaded); a new load, a new number."""
         with self._lock:

@@ -73,7 +73,6 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "tcd": SamplerSpec("TCDScheduler", eta=0.3, max_steps=DISTILLED_MAX_STEPS),
 }
 SAMPLER_NAMES = tuple(SAMPLERS)
-FEW_STEP_SAMPLERS = ("lcm", "tcd")
 
 
 def check_sampler(name: object, steps: int) -> SamplerSpec:

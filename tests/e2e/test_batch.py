@@ -161,7 +161,7 @@ def _kill_when_other_is_idle(out: Path, server: Any, other: ComfyClient) -> thre
 @pytest.mark.slow
 def test_server_killed_mid_batch_then_restarted_and_rerun_renders_each_job_exactly_once(
         extra_server_factory: Any, job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
-    jobs = read_jobs(job_file)
+    jobs = read_jobs(job_file).jobs
     out = tmp_path / "out"
     server = extra_server_factory("crashy")
     port = int(server.url.rsplit(":", 1)[1])
@@ -183,7 +183,7 @@ def test_server_killed_mid_batch_then_restarted_and_rerun_renders_each_job_exact
 def test_a_server_killed_with_jobs_in_its_queue_while_the_other_is_idle_hands_them_all_to_the_other(
         comfy: ComfyClient, extra_server_factory: Any, tmp_path: Path, example_sketches: list[Path],
         fast_fields: dict[str, Any]) -> None:
-    jobs = read_jobs(write_job_file(tmp_path, example_sketches[:3], ["a pastel study of it"]))
+    jobs = read_jobs(write_job_file(tmp_path, example_sketches[:3], ["a pastel study of it"])).jobs
     out = tmp_path / "out"
     doomed = extra_server_factory("doomed")
     settings = _settings(out, fast_fields)
@@ -199,7 +199,7 @@ def test_a_server_killed_with_jobs_in_its_queue_while_the_other_is_idle_hands_th
 
 def test_no_live_server_is_a_preflight_error(job_file: Path, tmp_path: Path, fast_fields: dict[str, Any]) -> None:
     with pytest.raises(PreflightError, match="No ComfyUI server answered"):
-        run_batch(_settings(tmp_path / "out", fast_fields), read_jobs(job_file), ["http://127.0.0.1:9"])
+        run_batch(_settings(tmp_path / "out", fast_fields), read_jobs(job_file).jobs, ["http://127.0.0.1:9"])
 
 
 def test_preflight_asks_only_for_the_workflows_node_types_and_names_one_the_server_lacks(
@@ -211,5 +211,5 @@ def test_preflight_asks_only_for_the_workflows_node_types_and_names_one_the_serv
     settings.workflow["99"] = {"class_type": "NoSuchNode", "inputs": {}}
     before = history_size(comfy)
     with pytest.raises(PreflightError, match="node 99 \\(NoSuchNode\\): the server has no node type 'NoSuchNode'"):
-        run_batch(settings, read_jobs(job_file), [comfy.url])
+        run_batch(settings, read_jobs(job_file).jobs, [comfy.url])
     assert history_size(comfy) == before

@@ -91,7 +91,7 @@ def test_a_job_that_fails_on_the_server_fails_alone_with_its_reason_and_the_serv
     path.write_text(json.dumps({"sketch": "sketches", "prompt": "server failure test"}) + "\n")
     out = tmp_path / "out"
 
-    result = run_batch(_settings(out, fast_fields), read_jobs(path), [comfy.url])
+    result = run_batch(_settings(out, fast_fields), read_jobs(path).jobs, [comfy.url])
 
     assert len(result.done) == 2 and len(result.failed) == 1 and not result.unfinished and not result.ok
     assert result.dead_servers == []
@@ -110,7 +110,7 @@ def test_jobs_past_their_timeout_are_interrupted_and_removed_from_the_queue_then
     path.write_text(json.dumps({"sketch": "sketches", "prompt": "timeout test"}) + "\n")
     slow = {**fast_fields, "steps": 500}  # far longer than the 2 s the jobs are given
 
-    result = run_batch(_settings(tmp_path / "out", slow, job_timeout=2.0), read_jobs(path), [comfy.url])
+    result = run_batch(_settings(tmp_path / "out", slow, job_timeout=2.0), read_jobs(path).jobs, [comfy.url])
 
     assert len(result.failed) == 2 and not result.done and result.dead_servers == []
     for manifest in result.failed:
@@ -147,7 +147,7 @@ def test_a_server_that_hangs_mid_job_is_given_up_and_its_jobs_finish_on_the_othe
     watcher = threading.Thread(target=stop_when_running, daemon=True)
     watcher.start()
     try:
-        result = run_batch(_settings(out, fast_fields, request_timeout=3.0, job_timeout=120.0), read_jobs(path),
+        result = run_batch(_settings(out, fast_fields, request_timeout=3.0, job_timeout=120.0), read_jobs(path).jobs,
                            [hung.url, comfy.url])
         ended = time.monotonic()
         watcher.join()
@@ -169,7 +169,7 @@ def test_the_batch_client_killed_and_re_run_collects_what_it_had_queued_and_rend
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps({"sketch": "sketches", "prompt": p}) + "\n"
                             for p in ("client kill test, ink", "client kill test, wash")))
-    jobs = read_jobs(path)
+    jobs = read_jobs(path).jobs
     out = tmp_path / "out"
     before = set(_history(comfy))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(

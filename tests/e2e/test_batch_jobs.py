@@ -72,7 +72,7 @@ def test_a_spreadsheet_export_with_a_byte_order_mark_and_windows_line_endings_re
     path.write_bytes("\ufeffsketch,prompt,seed\r\ngood.png,\"a watercolor, soft\",7\r\ngood.png,ink,8\r\n"
                      .encode("utf-8"))
 
-    jobs = read_jobs(path)
+    jobs = read_jobs(path).jobs
 
     assert [(job.prompt, job.seed) for job in jobs] == [("a watercolor, soft", 7), ("ink", 8)]
     assert all(job.sketch == good for job in jobs)
@@ -110,7 +110,7 @@ def test_ten_thousand_rows_read_in_seconds_with_each_sketch_read_once(tmp_path: 
     path.write_text("sketch,prompt,seed\n" + "".join(f"{['good.png', 'other.png'][n % 2]},prompt {n},{n}\n"
                                                      for n in range(10_000)))
     start = time.perf_counter()
-    jobs = read_jobs(path)
+    jobs = read_jobs(path).jobs
     seconds = time.perf_counter() - start
 
     assert len(jobs) == 10_000 and len({job.job_id for job in jobs}) == 10_000

@@ -37,7 +37,7 @@ def main() -> None:
 
     from sketch_rag.nodes import retrieval_nodes, sampler_nodes
     from sketch_rag.rendering import loading
-    from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+    from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PIPELINE_ROLES, PipelineSpec
     from sketch_rag.retrieval.embedder import ClipEmbedder
 
     def spec(fields: dict[str, str | None]) -> PipelineSpec:
@@ -76,7 +76,7 @@ def main() -> None:
     mm.unload_all_models()  # what POST /free {"unload_models": true} runs
     gc.collect()
     report["after_unload"] = {
-        "pipeline_roles": DEFAULT_CACHE.loaded_roles,
+        "pipeline_roles": [r for r in PIPELINE_ROLES if DEFAULT_CACHE.generation(r) is not None],
         "unet_alive": new_unet() is not None,
         "clip_loaded": embedder.loaded,
         "entries": len(ours(mm)),

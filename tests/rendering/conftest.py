@@ -5,6 +5,7 @@ Renders are compared bit for bit, which holds only at a fixed torch thread count
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
+sys.path.insert(0, str(Path(__file__).parent))  # the shared request builder: render_requests.py
 torch.set_num_threads(1)
 
 

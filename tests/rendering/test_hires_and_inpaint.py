@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import render_requests
 
 from sketch_rag.errors import InvalidImageError, InvalidParameterError, RenderInterruptedError
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
@@ -14,12 +15,7 @@ from sketch_rag.rendering.render_request import RenderRequest
 
 
 def request(edge: np.ndarray, styles: list[np.ndarray], **changes: Any) -> RenderRequest:
-    settings: dict[str, Any] = {
-        "prompt": "a watercolor house", "negative_prompt": "blurry", "control_image": edge, "style_images": styles,
-        "num_inference_steps": 3, "seed": 7, "width": 64, "height": 64, "ip_adapter_scale": 1.0,
-    }
-    settings.update(changes)
-    return RenderRequest(**settings)
+    return render_requests.request(edge, styles, **{"num_inference_steps": 3, **changes})
 
 
 @pytest.fixture(scope="module")

@@ -10,29 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from render_requests import STEPS, request
 
 from sketch_rag.errors import RenderInterruptedError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
-from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
+from sketch_rag.rendering.hybrid_pipeline import PIPELINE_ROLES, PipelineCache, PipelineSpec
+from sketch_rag.rendering.render_request import IpAdapterMode
 from sketch_rag.tiny_models.sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
-
-STEPS = 4
-
-
-def request(edge: np.ndarray, styles: list[np.ndarray], **changes: Any) -> RenderRequest:
-    settings: dict[str, Any] = {
-        "prompt": "a watercolor house",
-        "negative_prompt": "blurry",
-        "control_image": edge,
-        "style_images": styles,
-        "num_inference_steps": STEPS,
-        "seed": 7,
-        "width": 64,
-        "height": 64,
-        "ip_adapter_scale": 1.0,
-    }
-    settings.update(changes)
-    return RenderRequest(**settings)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +160,7 @@ def test_release_frees_the_models_and_the_next_run_reloads(make_spec, edge_image
     cache.release()
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
-    assert cache.loaded_roles == []
+    assert [cache.generation(role) for role in PIPELINE_ROLES] == [None] * len(PIPELINE_ROLES)
     cache.get(make_spec()).render(request(edge_image, styles[:1], num_inference_steps=1))
     assert cache.loads["checkpoint"] == 2
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import render_requests
 import torch
 
 from sketch_rag.errors import InvalidParameterError, ModelMismatchError, ModelNotFoundError
@@ -24,19 +25,8 @@ STEPS = 3
 
 
 def request(edge: np.ndarray, styles: list[np.ndarray] | None = None, **changes: Any) -> RenderRequest:
-    settings: dict[str, Any] = {
-        "prompt": "a watercolor house",
-        "negative_prompt": "blurry",
-        "control_image": edge,
-        "style_images": styles or [],
-        "num_inference_steps": STEPS,
-        "seed": 7,
-        "width": 64,
-        "height": 64,
-        "ip_adapter_scale": 1.0,
-    }
-    settings.update(changes)
-    return RenderRequest(**settings)
+    return render_requests.request(edge, styles, **{"num_inference_steps": STEPS, **changes})
+
 
 
 @pytest.fixture(scope="module")

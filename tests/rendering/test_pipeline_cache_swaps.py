@@ -111,7 +111,8 @@ def test_dropping_the_ip_adapter_frees_the_image_encoder(make_spec: Callable[...
     encoder = weakref.ref(cache.get(make_spec()).pipe.image_encoder)
     cache.get(make_spec(ip_adapter=None))
     gc.collect()
-    assert encoder() is None and cache.loaded_roles == ["checkpoint", "controlnet"]
+    assert encoder() is None and cache.generation("image_encoder") is None
+    assert cache.generation("checkpoint") is not None and cache.generation("controlnet") is not None
 
 
 def test_a_new_model_that_reuses_an_old_id_cannot_serve_the_old_pipeline(

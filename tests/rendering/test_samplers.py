@@ -9,29 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from render_requests import STEPS, request
 
 from sketch_rag.errors import InvalidParameterError
 from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
 from sketch_rag.rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, make_scheduler
-
-STEPS = 4
-
-
-def request(edge: np.ndarray, styles: list[np.ndarray], **changes: Any) -> RenderRequest:
-    settings: dict[str, Any] = {
-        "prompt": "a watercolor house",
-        "negative_prompt": "blurry",
-        "control_image": edge,
-        "style_images": styles,
-        "num_inference_steps": STEPS,
-        "seed": 7,
-        "width": 64,
-        "height": 64,
-        "ip_adapter_scale": 1.0,
-    }
-    settings.update(changes)
-    return RenderRequest(**settings)
 
 
 @pytest.fixture(scope="module")
