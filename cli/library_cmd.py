@@ -57,6 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     query.add_argument("--image-weight", type=float, default=0.5)
     query.add_argument("-k", type=int, default=3)
     query.add_argument("--tags", default="", help="comma-separated tags every result must carry")
+    query.add_argument("--text-weight", type=float, default=0.0,
+                       help="share of the score from the prompt vs the styles' names, tags and descriptions "
+                            "(0 = images only; no effect without a text)")
     query.set_defaults(run=_query)
 
     listing = sub.add_parser("list", help="list the styles of a library")
@@ -126,11 +129,14 @@ def _query(args: argparse.Namespace) -> int:
     library, _ = _open(args)
     image = read_image(args.image) if args.image else None
     matches = library.query(StyleQuery(text=args.text, image=image, image_weight=args.image_weight, k=args.k,
-                                       tags=tuple(args.tags.split(","))))
-    rows = [{"id": m.item_id, "name": m.name, "score": round(m.score, 6), "weight": round(m.weight, 6),
-             "path": str(m.path), "tags": list(m.meta.tags)} for m in matches]
+                                       tags=tuple(args.tags.split(",")), text_weight=args.text_weight))
+    # z-score and percentile: the score relative to the library for this query (raw cosines are not calibrated).
+    rows = [{"id": m.item_id, "name": m.name, "score": round(m.score, 6), "z_score": round(m.z_score, 4),
+             "percentile": round(m.percentile, 2), "weight": round(m.weight, 6), "path": str(m.path),
+             "tags": list(m.meta.tags)} for m in matches]
     _emit(args, {"results": rows},
-          "\n".join(f"{r['score']:.4f}  {r['weight']:.3f}  {r['name']}  ({r['id']})" for r in rows))
+          "\n".join(f"{r['score']:.4f}  z {r['z_score']:+.2f}  {r['weight']:.3f}  {r['name']}  ({r['id']})"
+                    for r in rows))
     return 0
 
 

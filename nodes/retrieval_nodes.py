@@ -179,7 +179,10 @@ class StyleLibraryLoader(io.ComfyNode):
                 ),
                 io.Boolean.Input(
                     "rebuild_index", default=False,
-                    tooltip="Drop and rebuild the index (needed after switching the model of an existing index).",
+                    tooltip="Drop the library's index and rebuild it with the embedding_model picked now. A library "
+                    "has one index, checked against the model on every load: after switching embedding_model the "
+                    "load stops with an error until you run it once with this on (vectors already computed for a "
+                    "model are cached, so switching back re-embeds nothing). Turn it off again afterwards.",
                 ),
             ],
             outputs=[StyleLibraryType.Output(display_name="library", tooltip="The opened, synced style library.")],
@@ -238,13 +241,23 @@ def _tags(tag_filter: str) -> tuple[str, ...]:
     return normalise_tags(tag_filter)
 
 
-def _caption(image: np.ndarray, text: str) -> np.ndarray:
-    """The image with a caption band below (name, score, weight), for the preview only."""
+PREVIEW_SIDE = 192
+"""Side of each thumbnail of the retriever's preview gallery (the style images themselves keep ``resolution``)."""
+CAPTION_LINE = 13
+"""Height of one caption line in the preview, in pixels (PIL's default bitmap font is 11 px high)."""
+
+
+def _thumbnail(image: np.ndarray, lines: list[str]) -> np.ndarray:
+    """A small copy of a style image with a caption band below (one line each), for the preview gallery only."""
     pil = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
-    band = max(14, pil.height // 12)
-    canvas = Image.new("RGB", (pil.width, pil.height + band), (20, 20, 20))
+    side = PREVIEW_SIDE  # one size whatever the resolution, so captions stay legible and k large stays light
+    pil = pil.resize((side, side), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (side, side + CAPTION_LINE * len(lines) + 4), (20, 20, 20))
     canvas.paste(pil, (0, 0))
-    ImageDraw.Draw(canvas).text((4, pil.height + 2), text, fill=(240, 240, 240))
+    draw = ImageDraw.Draw(canvas)
+    width = max(8, side // 6)  # characters of the default font that fit the thumbnail's width
+    for n, line in enumerate(lines):
+        draw.text((3, side + 2 + n * CAPTION_LINE), line[:width], fill=(240, 240, 240))
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
@@ -289,6 +302,14 @@ class ClipStyleRetriever(io.ComfyNode):
                     tooltip="Optional image whose style to match (mixed with the prompt by image_weight). One image: "
                     "pick one of a batch with ImageFromBatch.",
                 ),
+                io.Float.Input(
+                    "text_weight", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                    tooltip="How much the styles' own words count: each score mixes the cosine of the query with "
+                    "the style image (1 - text_weight) and of the prompt with the style's name, tags and "
+                    "description (text_weight), both from the same CLIP. 0 = images only (as before), 1 = words "
+                    "only. Without a prompt (a query image alone) it has no effect: the words are compared with "
+                    "the prompt, never with the image.",
+                ),
             ],
             outputs=[
                 io.Image.Output(display_name="style_images", tooltip="The top-k style images, best first."),
@@ -296,6 +317,17 @@ class ClipStyleRetriever(io.ComfyNode):
                 io.String.Output(display_name="scores", tooltip="Cosine similarities, comma-separated, best first."),
                 io.String.Output(display_name="weights", tooltip="Blending weights summing to 1, comma-separated."),
                 io.Float.Output(display_name="top_score", tooltip="Cosine similarity of the best match."),
+                io.Float.Output(
+                    display_name="top_z_score",
+                    tooltip="The best match's score relative to the library for this query: standard deviations "
+                    "above the mean score of all its styles. Unlike top_score it reads the same across prompts, "
+                    "libraries and models (about 2 or more: a clear match; near 0: nothing stands out), so "
+                    "threshold this one.",
+                ),
+                io.String.Output(
+                    display_name="z_scores", tooltip="Each result's z-score among all the library's styles, "
+                    "comma-separated, best first.",
+                ),
             ],
         )
 
@@ -316,30 +348,42 @@ class ClipStyleRetriever(io.ComfyNode):
         resolution: int = 512,
         blend_temperature: float = DEFAULT_TEMPERATURE,
         query_image: torch.Tensor | None = None,
+        text_weight: float = 0.0,
     ) -> io.NodeOutput:
         if not isinstance(library, StyleLibrary):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
         image = _one_query_image(query_image)
         matches = library.query(
             StyleQuery(text=prompt, image=image, image_weight=image_weight, k=k, tags=_tags(tag_filter),
-                       temperature=blend_temperature)
+                       temperature=blend_temperature, text_weight=text_weight)
         )
         arrays = [square_reference(m.path, resolution) for m in matches]
         images = arrays_to_image_batch(arrays)
-        preview = arrays_to_image_batch([_caption(a, _label(m)) for a, m in zip(arrays, matches, strict=True)])
+        # The preview is a gallery: every result as a thumbnail captioned with its name and scores.
+        gallery = [_thumbnail(a, _caption_lines(n, m)) for n, (a, m) in enumerate(zip(arrays, matches, strict=True))]
         return io.NodeOutput(
             images,
             "\n".join(m.name for m in matches),
             ", ".join(f"{m.score:.4f}" for m in matches),
             ", ".join(f"{m.weight:.4f}" for m in matches),
             float(matches[0].score),
-            # The preview shows each reference with its name and score; "text" carries the same for API clients.
-            ui={**ui.PreviewImage(preview, cls=cls).as_dict(), "text": [_label(m) for m in matches]},
+            float(matches[0].z_score),
+            ", ".join(f"{m.z_score:.3f}" for m in matches),
+            # "text" carries each caption on one line for API clients (and the batch manifest).
+            ui={**ui.PreviewImage(arrays_to_image_batch(gallery), cls=cls).as_dict(),
+                "text": [_label(m) for m in matches]},
         )
 
 
+def _caption_lines(rank: int, match: StyleMatch) -> list[str]:
+    return [f"{rank + 1}. {match.name}", f"cos {match.score:.3f}  z {match.z_score:+.2f}",
+            f"pct {match.percentile:.1f}  w {match.weight:.2f}"]
+
+
 def _label(match: StyleMatch) -> str:
-    return f"{match.name[:48]}  score {match.score:.3f}  w {match.weight:.2f}"
+    """One line per result: name, raw score, standing in the library (z, percentile), then the blend weight."""
+    return (f"{match.name[:48]}  score {match.score:.3f}  z {match.z_score:+.2f}  "
+            f"p {match.percentile:.1f}  w {match.weight:.2f}")
 
 
 class AddToStyleLibrary(io.ComfyNode):

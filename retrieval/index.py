@@ -1,8 +1,10 @@
-"""The vector index of one library under one embedding model: a Chroma collection behind a small class.
+"""The vector index of one library: a Chroma collection behind a small class.
 
 Only this module talks to Chroma, so its traps are handled in one place:
 - ``embedding_function=None`` on every create/get: Chroma's default downloads a model;
-- the model key and dimension live in the collection metadata and are checked on open;
+- one collection per library, whatever the model: the model key and dimension live in the collection
+  metadata and are checked on open, so a library indexed with another model is refused
+  (:class:`LibraryModelMismatchError`) until it is rebuilt, which replaces the collection;
 - ``add`` of an existing id is a silent no-op in Chroma, so :meth:`ChromaIndex.put` deletes first;
 - batches are cut below Chroma's maximum batch size;
 - a process that did not write must reopen its client to see another process's vectors
@@ -351,6 +353,19 @@ class ChromaIndex:
                 logger.warning("Style index %s: item %r not found by its own vector.", self.name, expected)
                 return False
         return True
+
+    def drop_others(self, prefix: str) -> list[str]:
+        """Delete the store's other collections whose name starts with ``prefix``; returns their names.
+
+        Older versions named a library's collection after its model too, so each model switch left
+        one behind; the library drops them (its own name + ``-``) when it is first synced or rebuilt.
+        """
+        client = self._get_client()
+        names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+        stale = sorted(n for n in names if n.startswith(prefix) and n != self.name)
+        for name in stale:
+            client.delete_collection(name)
+        return stale
 
     def reset(self) -> None:
         """Drop and recreate the collection empty (before a rebuild from cached embeddings)."""

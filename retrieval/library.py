@@ -33,9 +33,18 @@ from .file_names import control_characters, style_file_stem
 from .folder import MANIFEST_NAME, LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
 from .images import EMBED_SIDE, array_to_pil, open_rgb
 from .index import ChromaIndex, Hit, collection_name, is_store_error, is_url
-from .query import StyleMatch, StyleQuery, blend_weights, combine, exact_top_k
+from .query import (
+    StyleMatch,
+    StyleQuery,
+    blend_weights,
+    combine,
+    exact_top_k,
+    relative_standing,
+    top_k_of_scores,
+)
 from .state import FileRecord, SyncState
-from .sync import SyncReport, rebuild_index, sync, verify
+from .style_matrices import StyleMatrices
+from .sync import LibraryStores, SyncReport
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +52,6 @@ SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
 """The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
 LOCK_TIMEOUT_S = 300.0
 """How long a writer waits for another process's sync before giving up with an error."""
-FILTER_CACHE_SIZE = 16
-"""Tag filters whose embedding rows are kept gathered (each holds a copy of its rows)."""
 
 
 def default_roots(user_styles: Path) -> list[LibraryRoot]:
@@ -77,27 +84,33 @@ class StyleLibrary:
         self.name = name or self.roots[-1].path.name or "styles"
         identity = "|".join(str(r.path.resolve()) for r in self.roots)
         key = hashlib.sha256(identity.encode()).hexdigest()[:10]
-        self.collection = collection_name("styles", self.name[:60], key, embedder.model_key)
+        # One collection per library, whatever the model: the model key and dimension are recorded in
+        # its metadata and checked on open (LibraryModelMismatchError), and rebuild_index replaces it.
+        # Older versions put the model key in the name, so every model switch left a collection behind;
+        # those (this name + "-<model>") are dropped by the first sync under this name and by rebuilds.
+        self.collection = collection_name("styles", self.name[:60], key)
         location: str | Path = chroma_url if chroma_url else self.store_dir / "chroma"
         if chroma_url and not is_url(chroma_url):
             raise LibraryError(f"The Chroma server URL {chroma_url!r} must start with http:// or https://.")
         self.index = ChromaIndex(location, self.collection, embedder.model_key, embedder.dim)
         self.cache = EmbeddingCache(self.store_dir / "embeddings.sqlite3")
         self.state = SyncState(self.store_dir / "state.sqlite3", self.collection)
+        self.stores = LibraryStores(
+            self.roots, embedder, self.index, self.cache, self.state, name=self.name,
+            on_healed=self._forget_records,
+        )
         self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
         self._seen_generation: tuple[int, int] | None = None
         """(state file epoch, generation) last read: a new state file at the same generation is still new."""
         self._records: dict[str, FileRecord] = {}
         self._good: dict[str, FileRecord] = {}
         """The indexed records (those without an error), rebuilt only when the records change."""
-        self._matrix: np.ndarray | None = None
-        self._matrix_ids: list[str] = []
-        self._filtered: dict[frozenset[str], tuple[np.ndarray, list[str]]] = {}
+        self._matrices: StyleMatrices | None = None
 
     @property
     def cache_key(self) -> str:
         """Embedding-cache key: the model key plus the dimension, so no vector of another shape is ever reused."""
-        return f"{self.embedder.model_key}:{self.embedder.dim}"
+        return self.stores.cache_key
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -141,44 +154,43 @@ class StyleLibrary:
         return self.state.epoch, generation
 
     def heal(self, error: BaseException | None = None) -> bool:
-        """After ``error``: move whatever is damaged (index store, sync state, embedding cache) aside. True if any was.
+        """After ``error``: move whatever is damaged aside (see :meth:`LibraryStores.heal`). True if any was."""
+        return self.stores.heal(error)
 
-        Each file is judged afresh with every page checked (see :mod:`.sqlite_files`), so an error
-        from a locked or busy file heals nothing and the caller re-raises it. A new index store
-        bumps every library's generation in it, so their readers in other processes reopen it.
-        """
-        if error is not None and not is_store_error(error):
-            return False  # an interrupt, a bug, an unreadable image: no file to judge
-        healed = False
-        for db in (self.state, self.cache):
-            healed = db.heal() or healed
-        if self.index.heal(error):
-            healed = True
-            self.state.bump_all()
-        if healed:
-            self._seen_generation = None
-            self._set_records({})
-        return healed
-
-    def take_notes(self) -> list[str]:
-        """The one-line reports of what was healed since the last call (each also logged as a warning)."""
-        notes = [*self.index.notes, *self.state.notes, *self.cache.notes]
-        for held in (self.index.notes, self.state.notes, self.cache.notes):
-            held.clear()
-        return notes
+    def _forget_records(self) -> None:
+        """After a store was moved aside: nothing read from it may be trusted, read it all again."""
+        self._seen_generation = None
+        self._set_records({})
 
     def _set_records(self, records: dict[str, FileRecord]) -> None:
         self._records = records
         self._good = {i: r for i, r in records.items() if r.error is None}
-        self._matrix = None
-        self._filtered.clear()
+        self._matrices = None
 
     def sync(self, *, rebuild: bool = False, progress: ProgressCallback | None = None) -> SyncReport:
-        """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch."""
+        """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch.
+
+        A rebuild also replaces an index built with another embedding model, and (like the first sync of
+        a library) drops the collections older versions kept per model for this library.
+        """
         if rebuild:
             self.index.open(replace_other_model=True)
-        report: SyncReport = self._write(sync, self, rebuild=rebuild, progress=progress)
+        report: SyncReport = self._write(self._sync_locked, rebuild, progress)
         return report
+
+    def _sync_locked(self, rebuild: bool, progress: ProgressCallback | None) -> SyncReport:
+        if rebuild or self.state.generation() == 0:
+            try:
+                dropped = self.index.drop_others(prefix=f"{self.collection}-")
+            except Exception as exc:
+                if not is_store_error(exc):
+                    raise
+                dropped = []  # a tidy-up only: a damaged store is found and healed by the sync itself
+            if dropped:
+                self.state.forget(dropped)
+                logger.info("Style library %s: dropped the index collections of older versions: %s.",
+                            self.name, ", ".join(dropped))
+        return self.stores.sync(self.synced_records, rebuild=rebuild, progress=progress)
 
     def add(
         self,
@@ -284,7 +296,7 @@ class StyleLibrary:
                 (root.path / _sidecar_relpath(relpath)).write_text(
                     json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
                 )
-            sync(self)
+            self.stores.sync(self.synced_records)
             return planned
 
         item_ids = [item_id_for(root, relpath) for relpath in self._write(write)]
@@ -310,21 +322,34 @@ class StyleLibrary:
         return [self._records[i] for i in sorted(self._records)]
 
     def path_of(self, record: FileRecord) -> Path:
-        root = next((r for r in self.roots if r.label == record.root), None)
-        if root is None:
-            raise LibraryError(f"The style {record.item_id!r} belongs to no folder of library {self.name!r}.")
-        return root.path / record.relpath
+        return self.stores.path_of(record)
 
     def query(self, query: StyleQuery) -> list[StyleMatch]:
         """The ``k`` best styles for a text, an image or both, best first, with scores and blend weights.
+
+        A style's score is its image's cosine with the query, mixed with the cosine of the prompt and the
+        style's words (name, tags, description) by ``query.text_weight``; at 0 (and for a query without a
+        prompt) the ranking is the image index's alone, as before words were read. Each match also
+        carries its standing among all the library's styles for this query (z-score, rank percentile).
 
         Raises:
             LibraryError: the library has no indexed styles, or none carries the asked tags.
         """
         self._check_not_empty()
-        hits = self._search(self._query_vector(query), query.k, query.tags)
+        vector, prompt_vec = self._query_vectors(query)
+        words = query.applied_text_weight
+        if words == 0 or prompt_vec is None:
+            hits = self._search(vector, query.k, query.tags)
+            matrices = self._style_matrices()
+            every = matrices.scores(vector)
+        else:
+            matrices = self._style_matrices()
+            every = matrices.scores(vector, prompt_vec, words)
+            rows = matrices.tagged(frozenset(query.tags))[2] if query.tags else None
+            hits = top_k_of_scores(every, matrices.ids, query.k, rows)
+        standing = relative_standing(every, [matrices.rows.get(h.item_id, -1) for h in hits])
         weights = blend_weights([h.score for h in hits], query.temperature)
-        return [self._match(h, w) for h, w in zip(hits, weights, strict=True)]
+        return [self._match(h, w, z, p) for h, w, (z, p) in zip(hits, weights, standing, strict=True)]
 
     def search(self, vector: np.ndarray, k: int, tags: Sequence[str] = ()) -> list[Hit]:
         """The ``k`` items nearest a unit query vector in this library's embedding space, best first.
@@ -341,7 +366,7 @@ class StyleLibrary:
 
     def _search(self, vector: np.ndarray, k: int, tags: Sequence[str]) -> list[Hit]:
         if tags:
-            matrix, ids = self._tagged(frozenset(normalise_tags(list(tags))))
+            matrix, ids, _ = self._style_matrices().tagged(frozenset(normalise_tags(list(tags))))
             return exact_top_k(matrix, ids, vector, k)
         try:
             hits = self.index.query(vector, k)
@@ -363,72 +388,43 @@ class StyleLibrary:
                 "Add to Style Library node) and run again."
             )
 
-    def _query_vector(self, query: StyleQuery) -> np.ndarray:
-        text_weight = query.text_weight
-        text_vec = self.embedder.embed_texts([query.text])[0] if text_weight > 0 else None
+    def _query_vectors(self, query: StyleQuery) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query vector the images are compared with, and the prompt's own (for the words), if embedded."""
+        share = query.prompt_share
+        needs_prompt = share > 0 or query.applied_text_weight > 0
+        text_vec = self.embedder.embed_texts([query.text])[0] if needs_prompt else None
         image_vec = None
-        if query.image is not None and text_weight < 1:
+        if query.image is not None and share < 1:
             image_vec = self.embedder.embed_images([array_to_pil(query.image)])[0]
-        return combine(text_vec, image_vec, text_weight)
+        return combine(text_vec, image_vec, share), text_vec
 
     def _heal_and_sync(self, error: BaseException) -> bool:
         if not self.heal(error):
             return False
-        sync(self)
+        self.stores.sync(self.synced_records)
         return True
 
     def _repair(self) -> None:
         def repair() -> None:
             records = self.state.records()
-            if not verify(self, records):
+            if not self.stores.verify(records):
                 logger.warning("Style index %s returned too few results; rebuilding it.", self.collection)
-                rebuild_index(self, records)
+                self.stores.rebuild_index(records)
                 self.state.bump()
 
         self._write(repair)
 
-    def _embedding_matrix(self) -> tuple[np.ndarray, list[str]]:
-        """All good items' embeddings as one matrix (built once per generation) for exact search."""
-        if self._matrix is None:
-            ids = sorted(self._good)
-            cached = self.cache.get_many(self.cache_key, (self._records[i].sha256 for i in ids))
-            missing = [i for i in ids if self._records[i].sha256 not in cached]
-            if missing:
-                self._repair_cache(missing, cached)
-            self._matrix = np.stack([cached[self._records[i].sha256] for i in ids], dtype=np.float32)
-            self._matrix_ids = ids
-        return self._matrix, self._matrix_ids
+    def _style_matrices(self) -> StyleMatrices:
+        """The good styles' embeddings for exact search and scores of all styles (one object per generation)."""
+        if self._matrices is None:
+            self._matrices = StyleMatrices(self.stores, self._good)
+        return self._matrices
 
-    def _tagged(self, wanted: frozenset[str]) -> tuple[np.ndarray, list[str]]:
-        """Embeddings and ids of the items carrying all of ``wanted``, kept per tag set until the library changes.
-
-        A filter is usually reused query after query (one workflow, one batch), so its rows are
-        gathered once instead of scanning every record per query.
-        """
-        if wanted not in self._filtered:
-            matrix, ids = self._embedding_matrix()
-            rows = [n for n, item_id in enumerate(ids) if wanted <= set(self._good[item_id].meta.tags)]
-            if not rows:
-                known = sorted({t for r in self._good.values() for t in r.meta.tags})
-                raise LibraryError(
-                    f"No style in library {self.name!r} has all the tags {sorted(wanted)}; tags in the library: "
-                    f"{', '.join(known[:50]) or 'none'}. Change the tag filter or tag your styles."
-                )
-            if len(self._filtered) >= FILTER_CACHE_SIZE:
-                self._filtered.pop(next(iter(self._filtered)))
-            self._filtered[wanted] = (matrix[rows], [ids[n] for n in rows])
-        return self._filtered[wanted]
-
-    def _repair_cache(self, missing: list[str], cached: dict[str, np.ndarray]) -> None:
-        images = [open_rgb(self.path_of(self._records[i]), EMBED_SIDE) for i in missing]
-        vectors = dict(zip((self._records[i].sha256 for i in missing), self.embedder.embed_images(images), strict=True))
-        self.cache.put_many(self.cache_key, vectors)
-        cached.update(vectors)
-
-    def _match(self, hit: Hit, weight: float) -> StyleMatch:
+    def _match(self, hit: Hit, weight: float, z_score: float = 0.0, percentile: float = 100.0) -> StyleMatch:
         record = self._records.get(hit.item_id) or self.state.records()[hit.item_id]
         return StyleMatch(
-            item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight
+            item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight,
+            z_score=z_score, percentile=percentile,
         )
 
     def close(self) -> None:

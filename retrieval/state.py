@@ -110,6 +110,13 @@ class SyncState(SqliteFile):
         with self._db:
             self._db.execute("UPDATE generations SET generation = generation + 1")
 
+    def forget(self, collections: Iterable[str]) -> None:
+        """Delete every row of these collections (their index is gone: see ``ChromaIndex.drop_others``)."""
+        names = [(c,) for c in collections]
+        with self._db:
+            self._db.executemany("DELETE FROM files WHERE collection = ?", names)
+            self._db.executemany("DELETE FROM generations WHERE collection = ?", names)
+
     def generation(self) -> int:
         self.reopen_if_replaced()
         row = self._db.execute("SELECT generation FROM generations WHERE collection = ?", (self.collection,)).fetchone()

@@ -1,8 +1,10 @@
 """A test embedder whose geometry we choose, and helpers to build libraries of solid-colour images.
 
-An image embeds as its mean RGB colour (normalised, padded to DIM); a text embeds as the colour
-it names. So "red" finds the red image first, then orange (cos 0.89), then the rest at 0, and
-every expected order can be worked out by hand.
+An image embeds as its mean RGB colour (normalised, padded to DIM); a text embeds as the sum of
+the colours it names (any other words point along one axis of their own, WORDLESS, orthogonal to
+every colour). So "red" finds the red image first, then orange (cos 0.89), then the rest at 0, and
+every expected order can be worked out by hand; a style whose words say "blue" sits on the blue
+axis for the words' half of a score whatever colour its image is.
 
 Run as a script (``python geometry.py STORE FOLDER PREFIX N``) it adds N styles to a library:
 the two-writers test starts two of these at once.
@@ -10,6 +12,7 @@ the two-writers test starts two of these at once.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -29,10 +32,26 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 
+WORDLESS = 5
+"""The axis of texts that name no colour (images never reach it: they use axes 0-3)."""
+
+
 def unit(values: Sequence[float]) -> np.ndarray:
     vec = np.zeros(DIM, dtype=np.float32)
     vec[: len(values)] = values
     return vec / np.linalg.norm(vec)
+
+
+def text_vector(text: str) -> np.ndarray:
+    """The sum of the unit vectors of the colours ``text`` names (word by word), else the WORDLESS axis."""
+    words = re.findall(r"[a-z]+", text.lower())
+    named = [unit(COLOURS[w]) for w in words if w in COLOURS]
+    if not named:
+        wordless = np.zeros(DIM, dtype=np.float32)
+        wordless[WORDLESS] = 1.0
+        return wordless
+    total = np.sum(named, axis=0)
+    return (total / np.linalg.norm(total)).astype(np.float32)
 
 
 class GeometryEmbedder:
@@ -42,9 +61,11 @@ class GeometryEmbedder:
         self.model_key = model_key
         self.dim = dim
         self.images_embedded = 0
+        self.texts_embedded = 0
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return np.stack([unit(COLOURS[t.strip().lower()])[: self.dim] for t in texts])
+        self.texts_embedded += len(texts)
+        return np.stack([text_vector(t)[: self.dim] for t in texts])
 
     def embed_images(self, images: Sequence[Any], *, batch_size: int = 32, progress: Any = None) -> np.ndarray:
         self.images_embedded += len(images)

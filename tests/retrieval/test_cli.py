@@ -37,6 +37,11 @@ def test_library_commands(tmp_path: Path, tiny_models_dir: Path, capsys: pytest.
     assert [r["id"] for r in found["results"]] == ["mine/poster.jpg"]
     code, found = run(capsys, "library", "query", "浮世絵の波", "-k", "20", *common)
     assert len(found["results"]) == 16 and sum(r["weight"] for r in found["results"]) == pytest.approx(1, abs=1e-4)
+    assert [r["percentile"] for r in found["results"]][:2] == [100.0, pytest.approx(100 * 14 / 15, abs=0.01)]
+    assert found["results"][0]["z_score"] > found["results"][-1]["z_score"]
+    code, by_words = run(capsys, "library", "query", "Poster. art nouveau, my poster", "-k", "1", "--text-weight", "1",
+                         *common)
+    assert [r["id"] for r in by_words["results"]] == ["mine/poster.jpg"] and by_words["results"][0]["score"] > 0.999
     code, listed = run(capsys, "library", "list", *common)
     names = {s["name"] for s in listed["styles"]}
     assert "Ukiyo-e woodblock print" in names and "Poster" in names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_nodes_are_listed_with_tooltips_and_the_tiny_model(comfy: ComfyClient) -
     loader = info[LOADER]["input"]["required"]
     assert "tiny-random-clip" in loader["embedding_model"][0] or "tiny-random-clip" in str(loader["embedding_model"])
     assert info[LOADER]["output"] == ["SKETCHRAG_STYLE_LIBRARY"]
-    assert info[RETRIEVER]["output"] == ["IMAGE", "STRING", "STRING", "STRING", "FLOAT"]
+    # New outputs only ever go at the end, so saved workflows keep their links.
+    assert info[RETRIEVER]["output"] == ["IMAGE", "STRING", "STRING", "STRING", "FLOAT", "FLOAT", "STRING"]
+    assert info[RETRIEVER]["output_name"][4:] == ["top_score", "top_z_score", "z_scores"]
+    assert list(info[RETRIEVER]["input"]["optional"]) == ["query_image", "text_weight"]
     for node in (LOADER, RETRIEVER, ADD):
         inputs = {**info[node]["input"]["required"], **info[node]["input"].get("optional", {})}
         assert all("tooltip" in spec[1] for spec in inputs.values()), node
@@ -52,6 +56,12 @@ def test_retrieve_filter_cache_and_add(comfy: ComfyClient, comfy_base_dir: Path,
     entry = comfy.wait(comfy.queue_prompt(graph(k=3)), timeout=240)
     texts = entry["outputs"]["2"]["text"]
     assert len(texts) == 3 and len(entry["outputs"]["2"]["images"]) == 3  # preview with name and score
+    # The preview is a gallery of every result: small thumbnails, each with a caption band below.
+    thumbnails = [Image.open(io.BytesIO(comfy.view(i))) for i in comfy.output_images(entry, "2")]
+    assert {im.size for im in thumbnails} == {(192, 192 + 3 * 13 + 4)}
+    first, second = (np.asarray(im.convert("RGB")) for im in thumbnails[:2])
+    assert not np.array_equal(first, second)
+    assert all(re.search(r"  score \d\.\d{3}  z [+-]\d+\.\d\d  p \d+\.\d  w ", t) for t in texts), texts
     saved = [Image.open(io.BytesIO(comfy.view(i))) for i in comfy.output_images(entry, "3")]
     assert [im.size for im in saved] == [(64, 64)] * 3
 
@@ -106,3 +116,19 @@ def test_unload_models_frees_the_clip_and_the_next_queue_loads_it_again(
     after = styles(comfy.wait(comfy.queue_prompt(graph(k=3)), timeout=240))
     assert comfy_server.log_text().count("Sketch RAG: loaded CLIP model") == loads + 1
     assert after[:2] == before  # same weights again: same styles, same scores
+
+
+def test_text_weight_finds_a_style_by_its_words(comfy: ComfyClient) -> None:
+    from sketch_rag.retrieval.folder import MANIFEST_NAME, meta_from_entry
+    from sketch_rag.retrieval.library import SHIPPED_LIBRARY
+    from sketch_rag.retrieval.sync import style_text
+
+    manifest = json.loads((SHIPPED_LIBRARY / MANIFEST_NAME).read_text(encoding="utf-8"))
+    styles = manifest["styles"] if isinstance(manifest, dict) else manifest
+    entry = next(e for e in styles if e.get("name") == "Ukiyo-e woodblock print")
+    words = style_text(meta_from_entry(entry["file"], entry))
+    by_words = graph(k=2)
+    by_words["2"]["inputs"].update(prompt=words, text_weight=1.0)
+    texts = comfy.wait(comfy.queue_prompt(by_words), timeout=120)["outputs"]["2"]["text"]
+    name, score, z = re.match(r"(.*)  score (\S+)  z (\S+)  ", texts[0]).groups()  # type: ignore[union-attr]
+    assert name == "Ukiyo-e woodblock print" and float(score) > 0.999 and float(z) > 1.0

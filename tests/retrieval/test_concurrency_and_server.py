@@ -16,7 +16,6 @@ from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.index import EF_SEARCH, ChromaIndex
 from sketch_rag.retrieval.library import open_library
 from sketch_rag.retrieval.query import StyleQuery
-from sketch_rag.retrieval.sync import verify
 
 HELPER = Path(__file__).with_name("geometry.py")
 CHROMA = Path(sys.executable).with_name("chroma")
@@ -37,7 +36,7 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path) -> None:
     records = library.state.records()
     everything = {i: library.cache.get_many(library.cache_key, [r.sha256])[r.sha256] for i, r in records.items()}
     assert library.index.self_test(everything), "a vector written by one of the processes cannot be found"
-    assert verify(library, records)
+    assert library.stores.verify(records)
 
 
 @pytest.mark.slow

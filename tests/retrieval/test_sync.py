@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,11 +14,10 @@ from geometry import COLOURS, GeometryEmbedder, solid
 from PIL import Image
 
 from sketch_rag.errors import InvalidImageError, LibraryError, LibraryModelMismatchError
-from sketch_rag.retrieval import library as library_module
 from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import StyleLibrary, open_library
 from sketch_rag.retrieval.query import StyleQuery
-from sketch_rag.retrieval.sync import sync
+from sketch_rag.retrieval.sync import LibraryStores
 
 
 def reopen(folder: Path, store: Path, embedder: GeometryEmbedder | None = None, **kw: object):
@@ -179,13 +179,14 @@ def test_add_many_checks_everything_first_and_syncs_once(
     colour_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     library, _ = reopen(colour_folder, tmp_path / "store")
-    syncs: list[StyleLibrary] = []
+    syncs: list[LibraryStores] = []
+    real_sync = LibraryStores.sync
 
-    def counted_sync(lib: StyleLibrary, **kw: object) -> object:
-        syncs.append(lib)
-        return sync(lib, **kw)
+    def counted_sync(stores: LibraryStores, *args: Any, **kw: Any) -> Any:
+        syncs.append(stores)
+        return real_sync(stores, *args, **kw)
 
-    monkeypatch.setattr(library_module, "sync", counted_sync)
+    monkeypatch.setattr(LibraryStores, "sync", counted_sync)
     red, blue = np.zeros((8, 8, 3), dtype=np.float32), np.zeros((8, 8, 3), dtype=np.float32)
     red[..., 0], blue[..., 2] = 1.0, 1.0
     with pytest.raises(InvalidImageError):
