@@ -124,9 +124,10 @@ def test_the_loader_lists_the_tiny_clip_and_the_hub_model_and_outputs_a_library(
 
 def test_the_retriever_and_add_nodes_declare_their_outputs_with_tooltips() -> None:
     retriever, add = ClipStyleRetriever.GET_NODE_INFO_V1(), AddToStyleLibrary.GET_NODE_INFO_V1()
-    assert retriever["output"] == ["IMAGE", "STRING", "STRING", "STRING", "FLOAT"]
-    assert retriever["output_name"] == ["style_images", "names", "scores", "weights", "top_score"]
-    assert list(retriever["input"]["optional"]) == ["query_image"]
+    assert retriever["output"] == ["IMAGE", "STRING", "STRING", "STRING", "FLOAT", "FLOAT", "STRING"]
+    assert retriever["output_name"] == ["style_images", "names", "scores", "weights", "top_score", "top_z_score",
+                                        "z_scores"]
+    assert list(retriever["input"]["optional"]) == ["query_image", "text_weight"]
     assert retriever["input"]["required"]["k"][1]["max"] == MAX_K
     assert add["output"] == ["SKETCHRAG_STYLE_LIBRARY", "STRING"] and add["output_node"] is True
     for info in (retriever, add, StyleLibraryLoader.GET_NODE_INFO_V1()):
@@ -225,7 +226,7 @@ def test_a_damaged_config_file_is_an_error_that_names_the_file(config: Path) -> 
 
 
 def test_the_retriever_returns_k_square_images_with_names_scores_and_weights(library: StyleLibrary) -> None:
-    images, names, scores, weights, top_score, ui = retrieve(library, k=3, resolution=48)
+    images, names, scores, weights, top_score, top_z, z_scores, ui = retrieve(library, k=3, resolution=48)
     assert images.shape == (3, 48, 48, 3) and images.dtype == torch.float32
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     assert len(names.split("\n")) == 3 and set(names.split("\n")) <= {"Red sun", "green", "blue", "Yellow sun"}
@@ -233,6 +234,8 @@ def test_the_retriever_returns_k_square_images_with_names_scores_and_weights(lib
     assert parsed == sorted(parsed, reverse=True) and top_score == pytest.approx(parsed[0], abs=1e-4)
     assert isinstance(top_score, float)
     assert sum(float(w) for w in weights.split(", ")) == pytest.approx(1.0, abs=1e-3)
+    parsed_z = [float(z) for z in z_scores.split(", ")]
+    assert len(parsed_z) == 3 and isinstance(top_z, float) and top_z == pytest.approx(parsed_z[0], abs=1e-3)
     # The preview: each reference captioned with its name and score, saved to ComfyUI's temp folder.
     assert len(ui["images"]) == 3 and all(entry["type"] == "temp" for entry in ui["images"])
     assert [text.split("  score")[0] for text in ui["text"]] == names.split("\n")
@@ -279,6 +282,22 @@ def test_a_long_prompt_is_cut_to_what_clip_reads_and_an_absurd_one_is_refused(li
     assert len(names.split("\n")) == 2
     with pytest.raises(InvalidParameterError, match="has 88000 characters.*the limit is 10000.*shorten it"):
         retrieve(library, long * 10)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"image_weight": 1.5}, "image_weight is 1.5; use 0"),
+        ({"text_weight": -0.5}, "text_weight is -0.5; use 0"),
+        ({"blend_temperature": 0.0}, "temperature is 0.0; use a positive value"),
+        ({"k": 0}, "k is 0; ask for between 1 and"),
+    ],
+)
+def test_out_of_range_settings_are_refused_naming_the_input(library: StyleLibrary, inputs: dict[str, Any],
+                                                            message: str) -> None:
+    # ComfyUI holds widgets to their min/max before the run; execute still refuses them for other callers.
+    with pytest.raises(InvalidParameterError, match=message):
+        retrieve(library, **inputs)
 
 
 def test_the_retriever_refuses_what_is_not_a_library() -> None:
