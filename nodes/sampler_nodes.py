@@ -48,6 +48,19 @@ def _choices(folder: str, optional: bool = False) -> list[str]:
     return ([NONE_CHOICE] if optional else []) + names
 
 
+def _checked_pipeline(pipeline: Any) -> Any:
+    """The ``PipelineSpec`` our loader and LoRA nodes pass on; ComfyUI lets an API graph's constant through instead."""
+    from ..errors import InvalidParameterError
+    from ..rendering.hybrid_pipeline import PipelineSpec
+
+    if not isinstance(pipeline, PipelineSpec):
+        raise InvalidParameterError(
+            f"The pipeline input is a {type(pipeline).__name__}; connect a Hybrid Pipeline Loader (or a Hybrid LoRA "
+            "after one) to it."
+        )
+    return pipeline
+
+
 def _full_path(folder: str, name: str) -> Path:
     """Dropdown name -> path; a name ComfyUI does not know goes to the engine's resolver for its clear error."""
     import folder_paths
@@ -374,6 +387,7 @@ class HybridSampler(io.ComfyNode):
         from ..errors import RenderInterruptedError
         from ..rendering.hybrid_pipeline import DEFAULT_CACHE
 
+        pipeline = _checked_pipeline(pipeline)
         controls = image_batch_to_arrays(edges, "edges")
         styles = image_batch_to_arrays(style, "style") if style is not None else []
         request = rr.RenderRequest(

@@ -31,9 +31,9 @@ COMFYUI_HOME = REPO / ".comfyui"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test not marked for a heavier tier is a unit test, so `-m unit` selects them.
+    # Every test not marked for another tier is a unit test, so `-m unit` selects them.
     for item in items:
-        if not any(item.get_closest_marker(m) for m in ("comfy", "slow")):
+        if not any(item.get_closest_marker(m) for m in ("comfy", "slow", "node")):
             item.add_marker(pytest.mark.unit)
 
 
