@@ -65,11 +65,15 @@ def _full_path(folder: str, name: str) -> Path:
     """Dropdown name -> path; a name ComfyUI does not know goes to the engine's resolver for its clear error."""
     import folder_paths
 
+    from ..errors import InvalidParameterError
     from ..rendering.model_files import resolve_model
 
     found = folder_paths.get_full_path(folder, name)
     if found:
         return Path(found)
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        # ComfyUI's dropdown check stops these in a queued graph; a direct call must not reach outside models/ either.
+        raise InvalidParameterError(f"The {folder} model {name!r} is a path; pick a file name from models/{folder}.")
     return resolve_model(name, Path(folder_paths.get_folder_paths(folder)[0]), folder)
 
 

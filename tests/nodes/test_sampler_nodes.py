@@ -140,6 +140,12 @@ def test_a_missing_model_names_the_folder_lists_the_candidates_and_what_to_downl
     assert found in message and "Put " in message
 
 
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../user/sketch_rag/config.json", "sd15/../../../x.ckpt"])
+def test_a_model_name_that_is_a_path_outside_the_model_folder_is_refused(comfy_base: Path, name: str) -> None:
+    with pytest.raises(InvalidParameterError, match="is a path; pick a file name from models/checkpoints"):
+        load(checkpoint=name)
+
+
 def test_an_ip_adapter_without_its_image_encoder_is_refused() -> None:
     with pytest.raises(InvalidParameterError, match="An IP-Adapter needs its image encoder and vice versa"):
         load(image_encoder="none")
