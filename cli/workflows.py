@@ -376,9 +376,6 @@ class ModelFile:
     url: str
     directory: str
 
-    def metadata(self) -> dict[str, str]:
-        return {"name": self.name, "url": self.url, "directory": self.directory}
-
 
 HF = "https://huggingface.co"
 MODEL_FILES: dict[str, ModelFile] = {
@@ -408,38 +405,11 @@ MODEL_FILES: dict[str, ModelFile] = {
 }
 """The model files the bundled workflows name, keyed by the job field that picks each (see the README)."""
 
-ALTERNATIVE_MODEL_FILES: dict[str, tuple[ModelFile, ...]] = {
-    # For the Canny node's ``lines`` mode: the ControlNet trained on 1-pixel line art. Listed with the loader's
-    # models; the frontend reports it only once a user picks it in the dropdown.
-    "controlnet": (ModelFile(
-        "control_v11p_sd15_lineart_fp16.safetensors",
-        f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_lineart_fp16.safetensors",
-        CONTROLNET),),
-}
-
 REAL_MODELS: dict[str, str] = {
     **{field: model.name for field, model in MODEL_FILES.items() if field != "embedding_model"},
     "embedding_model": MODEL_FILES["embedding_model"].name.split("/")[0],
 }
 """The dropdown values the bundled workflows carry for the real models (the style CLIP by its folder)."""
-
-MODEL_LOADERS: dict[str, dict[str, str]] = {
-    "SketchRAGHybridPipelineLoader": {"checkpoint": "checkpoint", "controlnet": "controlnet",
-                                      "ip_adapter": "ip_adapter", "image_encoder": "image_encoder"},
-    "CheckpointLoaderSimple": {"ckpt_name": "checkpoint"},
-    "ControlNetLoader": {"control_net_name": "controlnet"},
-}
-"""Node type -> {model widget -> job field}: the nodes whose ``properties.models`` describe their files.
-
-The Style Library Loader is not here: its dropdown names a folder, which the frontend cannot match to a file,
-so the style CLIP is described in the workflow's own ``models`` list instead."""
-
-
-def node_model_files(node_type: str) -> list[ModelFile]:
-    """The ``properties.models`` a model-loading node of the bundled workflows carries, in widget order."""
-    fields = MODEL_LOADERS.get(node_type, {}).values()
-    return [model for field in fields for model in (MODEL_FILES[field], *ALTERNATIVE_MODEL_FILES.get(field, ()))]
-
 
 def tiny_models() -> dict[str, str]:
     """Job fields that point the bundled workflows at the files ``sketch-rag tiny-models`` writes."""

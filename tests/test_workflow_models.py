@@ -14,24 +14,53 @@ import pytest
 
 from sketch_rag.cli.workflows import (
     API_DIR,
+    HF,
     MODEL_FILES,
-    MODEL_LOADERS,
     PACK_DIR,
     REAL_MODELS,
     SKETCHES_DIR,
     WORKFLOWS_DIR,
+    ModelFile,
     load_api_workflow,
     load_ui_workflow,
-    node_model_files,
     targets,
 )
-from sketch_rag.model_folders import FOLDER_OF_INPUT
+from sketch_rag.model_folders import CONTROLNET, FOLDER_OF_INPUT
 
 NAMES = sorted(p.stem for p in API_DIR.glob("*.json"))
 DOWNLOADABLE_HOSTS = ("https://huggingface.co/", "https://civitai.com/")
 DOWNLOADABLE_SUFFIXES = (".safetensors", ".sft")
 FOLDER_NAMES_BEFORE_OURS = ("example_workflows", "example", "examples", "workflow")
 """ComfyUI 0.3.75 serves the first of example_workflows/example/examples/workflow/workflows a pack has."""
+
+ALTERNATIVE_MODEL_FILES: dict[str, tuple[ModelFile, ...]] = {
+    # For the Canny node's ``lines`` mode: the ControlNet trained on 1-pixel line art. Listed with the loader's
+    # models; the frontend reports it only once a user picks it in the dropdown.
+    "controlnet": (ModelFile(
+        "control_v11p_sd15_lineart_fp16.safetensors",
+        f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_lineart_fp16.safetensors",
+        CONTROLNET),),
+}
+MODEL_LOADERS: dict[str, dict[str, str]] = {
+    "SketchRAGHybridPipelineLoader": {"checkpoint": "checkpoint", "controlnet": "controlnet",
+                                      "ip_adapter": "ip_adapter", "image_encoder": "image_encoder"},
+    "CheckpointLoaderSimple": {"ckpt_name": "checkpoint"},
+    "ControlNetLoader": {"control_net_name": "controlnet"},
+}
+"""Node type -> {model widget -> job field}: the nodes whose ``properties.models`` describe their files.
+
+The Style Library Loader is not here: its dropdown names a folder, which the frontend cannot match to a file,
+so the style CLIP is described in the workflow's own ``models`` list instead."""
+
+
+def metadata(model: ModelFile) -> dict[str, str]:
+    return {"name": model.name, "url": model.url, "directory": model.directory}
+
+
+def node_model_files(node_type: str) -> list[ModelFile]:
+    """The ``properties.models`` a model-loading node of the bundled workflows carries, in widget order."""
+    fields = MODEL_LOADERS.get(node_type, {}).values()
+    return [model for field in fields for model in (MODEL_FILES[field], *ALTERNATIVE_MODEL_FILES.get(field, ()))]
 
 
 def frontend_selection(node: dict[str, Any]) -> list[str]:
@@ -46,7 +75,7 @@ def test_every_model_loader_names_its_files_with_url_and_folder(name: str) -> No
     loaders = [n for n in ui["nodes"] if n["type"] in MODEL_LOADERS]
     assert loaders, f"{name} has no model loader"
     for node in loaders:
-        assert node["properties"]["models"] == [m.metadata() for m in node_model_files(node["type"])]
+        assert node["properties"]["models"] == [metadata(m) for m in node_model_files(node["type"])]
         wanted = [REAL_MODELS[field] for field in MODEL_LOADERS[node["type"]].values()]
         assert frontend_selection(node) == wanted, f"{name} node {node['id']} ({node['type']})"
 
@@ -56,7 +85,7 @@ def test_the_style_clip_folder_is_described_by_the_workflow_with_its_weights_fil
     ui = load_ui_workflow(name)
     library = next(n for n in ui["nodes"] if n["type"] == "SketchRAGStyleLibraryLoader")
     clip = MODEL_FILES["embedding_model"]
-    assert ui["models"] == [clip.metadata()]
+    assert ui["models"] == [metadata(clip)]
     assert REAL_MODELS["embedding_model"] in library["widgets_values"]
     assert clip.name.startswith(REAL_MODELS["embedding_model"] + "/")
 

@@ -18,7 +18,7 @@ from playwright import sync_api
 
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_server import PACK_LINK_NAME, ComfyServer, free_port, start_server
-from sketch_rag.cli.workflows import MODEL_FILES, MODEL_LOADERS, ModelFile, load_ui_workflow, tiny_models
+from sketch_rag.cli.workflows import MODEL_FILES, ModelFile, load_ui_workflow, tiny_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
@@ -68,9 +68,12 @@ def open_comfyui(page: sync_api.Page, url: str) -> None:
 
 
 def expected_missing(name: str) -> list[ModelFile]:
-    """The real files a bundled workflow names (none is on the test server): its loaders' and the style CLIP."""
-    fields = [f for node in load_ui_workflow(name)["nodes"] for f in MODEL_LOADERS.get(node["type"], {}).values()]
-    return [MODEL_FILES[f] for f in fields] + [MODEL_FILES["embedding_model"]]
+    """The real files a bundled workflow names (none is on the test server): each of our model files one of its
+    nodes' widgets selects, and the style CLIP (which the workflow's own ``models`` list describes)."""
+    values = {v for node in load_ui_workflow(name)["nodes"] for v in node.get("widgets_values") or []
+              if isinstance(v, str)}
+    return [m for field, m in MODEL_FILES.items() if field != "embedding_model" and m.name in values] + [
+        MODEL_FILES["embedding_model"]]
 
 
 @pytest.mark.parametrize("name", ["sketch_to_render", "sketch_to_render_core_controlnet"])
