@@ -19,8 +19,9 @@ from typing import Any
 from ..errors import InvalidParameterError, PreflightError
 from ..model_folders import FOLDER_OF_INPUT
 from .paths import HOME
+from .workflows import SKETCHES_DIR
 
-EXAMPLE_SKETCH = Path(__file__).resolve().parent.parent / "examples" / "sketches" / "sketch_house.png"
+EXAMPLE_SKETCH = SKETCHES_DIR / "sketch_house.png"
 DEMO_PROMPT = "a cozy cottage at dusk, warm light in the windows, painterly"
 TINY_FIELDS: dict[str, Any] = {"steps": 4, "resolution": 128, "style_resolution": 128, "height": 128}
 """With the tiny models: a few steps at 128 px, seconds on a CPU (the output is noise-like anyway)."""
