@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+WEB_DIRECTORY = "./web"
+"""The Style Library sidebar tab's plain ES modules (ComfyUI serves them under /extensions/)."""
+
 
 async def comfy_entrypoint() -> Any:
-    """ComfyUI's V3 entry point: the extension that lists this pack's nodes."""
-    from .nodes.extension import SketchRagExtension
+    """ComfyUI's V3 entry point: the Style Library tab's routes, and the extension that lists this pack's nodes.
 
+    ComfyUI calls this while loading custom nodes, before it adds its route table to the server,
+    so routes added here are served (also under ``/api``).
+    """
+    from .nodes.extension import SketchRagExtension
+    from .nodes.library_routes import register_routes
+
+    register_routes()
     return SketchRagExtension()

@@ -55,3 +55,11 @@ class AccessDeniedError(SketchRagError, PermissionError):
 
 class ConfigFileError(SketchRagError, ValueError):
     """Sketch RAG's own config file (``user/sketch_rag/config.json``) that cannot be read as documented."""
+
+
+class StyleNotFoundError(LibraryError, LookupError):
+    """A style id that names no style of the library (never a file path: ids are looked up, not opened)."""
+
+
+class UploadTooLargeError(InvalidParameterError):
+    """An upload (or a request body) larger than the server accepts; refused before it is read to the end."""

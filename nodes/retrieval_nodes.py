@@ -29,7 +29,7 @@ from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_na
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
-from ..retrieval.locations import LibraryHome, library_roots, resolve_location, store_location
+from ..retrieval.locations import LibraryHome, LibraryLocation, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from .common import CATEGORY, NODE_PREFIX
 from .managed_models import ManagedModels
@@ -211,30 +211,51 @@ class StyleLibraryLoader(io.ComfyNode):
         rebuild_index: bool = False,
     ) -> io.NodeOutput:
         location = resolve_location(library_folder, store, embedding_model, policy=_policy(), home=_home())
-        roots, store_dir, chroma_url = list(location.roots), location.store_dir, location.chroma_url
-        device = str(model_management.get_torch_device())
-        with _cache_lock:
-            model_key = (embedding_model, device)
-            if model_key not in _embedders:
-                _embedders[model_key] = _managed_embedder(
-                    ClipEmbedder.load(
-                        location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
-                    )
+        progress = _progress_callback(ProgressBar(1))
+        return io.NodeOutput(
+            shared_library(location, embedding_model, allow_download=allow_download, rebuild=rebuild_index,
+                           progress=progress)
+        )
+
+
+def shared_library(
+    location: LibraryLocation,
+    embedding_model: str,
+    *,
+    allow_download: bool = False,
+    rebuild: bool = False,
+    sync: bool = True,
+    progress: Any = None,
+) -> StyleLibrary:
+    """The open library of ``location`` from this module's cache (opened and synced on first use, else synced
+    unless ``sync`` is false), and its CLIP loaded once per model and device.
+
+    The loader node and the Style Library tab's routes both come here, so the sidebar shares the
+    node's CLIP and index handle instead of loading a second copy.
+    """
+    roots, store_dir, chroma_url = list(location.roots), location.store_dir, location.chroma_url
+    device = str(model_management.get_torch_device())
+    with _cache_lock:
+        model_key = (embedding_model, device)
+        if model_key not in _embedders:
+            _embedders[model_key] = _managed_embedder(
+                ClipEmbedder.load(
+                    location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
                 )
-            embedder = _embedders[model_key]
-            # The writable flag is part of the key: a folder the config made read-only is a new library.
-            roots_key = (f"{r.path}:{r.writable:d}" for r in roots)
-            key = (*roots_key, embedding_model, device, str(store_dir), chroma_url or "")
-            progress = _progress_callback(ProgressBar(1))
-            library = _libraries.get(key)
-            if library is None or rebuild_index:
-                library, _ = open_library(
-                    roots, embedder, store_dir, chroma_url=chroma_url, rebuild=rebuild_index, progress=progress
-                )
-                _libraries[key] = library
-            else:
-                library.sync(progress=progress)
-        return io.NodeOutput(library)
+            )
+        embedder = _embedders[model_key]
+        # The writable flag is part of the key: a folder the config made read-only is a new library.
+        roots_key = (f"{r.path}:{r.writable:d}" for r in roots)
+        key = (*roots_key, embedding_model, device, str(store_dir), chroma_url or "")
+        library = _libraries.get(key)
+        if library is None or rebuild:
+            library, _ = open_library(
+                roots, embedder, store_dir, chroma_url=chroma_url, rebuild=rebuild, progress=progress
+            )
+            _libraries[key] = library
+        elif sync:
+            library.sync(progress=progress)
+    return library
 
 
 def _tags(tag_filter: str) -> tuple[str, ...]:

@@ -1,0 +1,325 @@
+"""Editing a library from outside a workflow: rename and retag a style, move a style to the trash.
+
+The folder stays the source of truth, so every edit is a file operation in the folder format
+:mod:`.folder` already reads, followed by an incremental sync:
+
+- a style's name and tags live in its sidecar ``<image stem>.json`` (which wins over a manifest
+  entry); an edit rewrites only those two keys and keeps every other key of an existing sidecar;
+- removing a style never deletes anything: its image (and its sidecar) move to
+  ``<trash>/<UTC stamp>/<root label>/<relative path>``, beside a ``trashed.json`` that says where
+  they came from, so a mis-click is undone by moving the files back.
+
+Only styles in writable folders can be changed (the shipped library is read-only). With an
+:class:`~..access.AccessPolicy`, every file written or moved is checked against it first, as the
+Add node does, because a library opened earlier may have lost its permission since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..access import AccessPolicy
+from ..errors import AccessDeniedError, LibraryError, StyleNotFoundError
+from .file_names import control_characters
+from .folder import IMAGE_EXTENSIONS, MANIFEST_NAME, LibraryRoot, normalise_tags
+from .library import StyleLibrary
+from .state import FileRecord
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME_CHARS = 200
+"""Longest style name accepted by an edit: a name is a caption, not a description."""
+MAX_TAGS = 64
+MAX_TAG_CHARS = 64
+TRASH_RECORD = "trashed.json"
+"""Written into each trash folder: the style's id and where each file was, so it can be put back."""
+
+
+@dataclass(frozen=True)
+class Trashed:
+    """Where a removed style's files went: the trash folder of this removal and each file moved or copied."""
+
+    folder: Path
+    files: tuple[Path, ...]
+
+
+def find_style(library: StyleLibrary, item_id: str) -> FileRecord:
+    """The synced record of ``item_id``: ids are looked up among the library's records, never opened as paths.
+
+    Raises:
+        StyleNotFoundError: no style of the library has this id.
+    """
+    library.refresh_if_changed()
+    records = library.synced_records()
+    record = records.get(item_id) if isinstance(item_id, str) else None
+    if record is None:
+        shown = item_id[:200] if isinstance(item_id, str) else item_id
+        raise StyleNotFoundError(
+            f"The style id {shown!r} names no style of the library {library.name!r}; list the styles again "
+            "(it may have been removed or renamed) and use one of their ids."
+        )
+    return record
+
+
+def root_of(library: StyleLibrary, record: FileRecord) -> LibraryRoot:
+    """The library folder holding ``record``.
+
+    Raises:
+        LibraryError: the record belongs to no folder of the library (a stale record).
+    """
+    root = next((r for r in library.roots if r.label == record.root), None)
+    if root is None:
+        raise LibraryError(f"The style {record.item_id!r} belongs to no folder of library {library.name!r}.")
+    return root
+
+
+def style_file(library: StyleLibrary, record: FileRecord) -> Path:
+    """The resolved image file of ``record``, refusing one that (now) leads outside its library folder.
+
+    A file swapped for a symlink after the last sync would otherwise be read or moved wherever it points.
+
+    Raises:
+        AccessDeniedError: the file resolves outside its library folder.
+        StyleNotFoundError: the file is gone since the last sync.
+    """
+    root = root_of(library, record)
+    path = Path(os.path.realpath(root.path / record.relpath))
+    if not path.is_relative_to(Path(os.path.realpath(root.path))):
+        raise AccessDeniedError(
+            f"The style {record.item_id!r} is a link to {path}, outside its library folder {root.path}; "
+            "styles are only read from inside their folder. Replace the link by a copy of the image."
+        )
+    if not path.is_file():
+        raise StyleNotFoundError(
+            f"The image of style {record.item_id!r} ({path}) is gone; list the styles again to see the library "
+            "as it is now."
+        )
+    return path
+
+
+def _writable_root(library: StyleLibrary, record: FileRecord, action: str) -> LibraryRoot:
+    root = root_of(library, record)
+    if not root.writable:
+        raise AccessDeniedError(
+            f"The style {record.item_id!r} is in {root.path}, a read-only library folder (the shipped styles are "
+            f"replaced by pack updates), so it cannot be {action}; add a copy of it to your own styles instead."
+        )
+    return root
+
+
+def _sidecar_of(image: Path) -> Path:
+    return image.with_suffix(".json")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """An existing sidecar's content, refusing a broken one rather than replacing what the user wrote."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LibraryError(
+            f"The sidecar {path} cannot be read as JSON ({exc}); fix or remove it by hand, then edit the style "
+            "again (it is not overwritten, so nothing in it is lost)."
+        ) from exc
+    if not isinstance(data, dict):
+        raise LibraryError(
+            f"The sidecar {path} holds a JSON {type(data).__name__}, not an object; fix or remove it by hand, then "
+            "edit the style again."
+        )
+    return data
+
+
+def checked_name(name: Any) -> str:
+    """A style name as an edit stores it: one stripped line of at most :data:`MAX_NAME_CHARS` characters.
+
+    Raises:
+        LibraryError: not a string, empty, too long, or with control characters.
+    """
+    if not isinstance(name, str):
+        raise LibraryError(f"The style name {name!r} is not text; give a name such as 'watercolour sketch'.")
+    stripped = name.strip()
+    if not stripped:
+        raise LibraryError("The style name is empty; give a name such as 'watercolour sketch'.")
+    if control_characters(stripped):
+        raise LibraryError(
+            f"The style name {stripped[:80]!r} contains control characters ({', '.join(control_characters(stripped))});"
+            " remove them (a name is one line of text)."
+        )
+    if len(stripped) > MAX_NAME_CHARS:
+        raise LibraryError(
+            f"The style name {stripped[:40]!r}... is {len(stripped)} characters; use at most {MAX_NAME_CHARS}."
+        )
+    return stripped
+
+
+def checked_tags(tags: Any) -> tuple[str, ...]:
+    """Tags as an edit stores them (normalised like every other tag), within sane limits.
+
+    Raises:
+        LibraryError: not a list of strings or a comma-separated string, too many, too long, or control characters.
+    """
+    if isinstance(tags, list | tuple) and not all(isinstance(t, str) for t in tags):
+        raise LibraryError(f"The tags {tags!r} must all be text; give e.g. ['ink', 'line art'] or 'ink, line art'.")
+    cleaned = normalise_tags(tags)
+    bad = [t for t in cleaned if control_characters(t) or len(t) > MAX_TAG_CHARS]
+    if bad:
+        raise LibraryError(
+            f"The tag {bad[0][:80]!r} is longer than {MAX_TAG_CHARS} characters or has control characters; use "
+            "short words such as 'ink' or 'line art'."
+        )
+    if len(cleaned) > MAX_TAGS:
+        raise LibraryError(f"{len(cleaned)} tags were given; a style takes at most {MAX_TAGS}.")
+    return cleaned
+
+
+def edit_style(
+    library: StyleLibrary,
+    item_id: str,
+    *,
+    name: str | None = None,
+    tags: Sequence[str] | str | None = None,
+    access: AccessPolicy | None = None,
+) -> FileRecord:
+    """Set a style's name and/or tags in its sidecar, sync, and return its record as now indexed.
+
+    Keys of an existing sidecar other than ``name`` and ``tags`` are kept; a style whose metadata
+    comes from a manifest gets a sidecar with only the edited keys (the manifest's other fields
+    still apply). The sidecar is written beside its final name and renamed into place.
+
+    Raises:
+        StyleNotFoundError: no such style.
+        AccessDeniedError: the style is in a read-only folder, or ``access`` does not let its sidecar be written.
+        LibraryError: nothing to change, a bad name or tags, an unreadable existing sidecar, or a style whose
+            sidecar would be the manifest.
+    """
+    if name is None and tags is None:
+        raise LibraryError(f"The edit of style {item_id!r} changes nothing; give a new name, new tags or both.")
+    new_name = checked_name(name) if name is not None else None
+    new_tags = checked_tags(tags) if tags is not None else None
+    record = find_style(library, item_id)
+    root = _writable_root(library, record, "edited")
+    image = style_file(library, record)
+    sidecar = _sidecar_of(image)
+    if PurePosixPath(record.relpath).with_suffix(".json").as_posix() == MANIFEST_NAME:
+        raise LibraryError(
+            f"The style {item_id!r} would keep its name and tags in {sidecar}, which is the library manifest; "
+            f"rename the image (any name but 'library'), or edit its entry in {MANIFEST_NAME} by hand."
+        )
+    if access is not None:
+        access.writable(sidecar, input_name=f"sidecar of the style {item_id!r}", base=root.path)
+    content = _read_sidecar(sidecar)
+    if new_name is not None:
+        content["name"] = new_name
+    if new_tags is not None:
+        content["tags"] = list(new_tags)
+    _write_json(sidecar, content)
+    logger.info("Style library %s: edited %s (%s).", library.name, item_id, sidecar)
+    library.sync()
+    return find_style(library, item_id)
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write ``content`` beside ``path`` and rename it into place, with an mtime the old file never had.
+
+    The nodes' cache fingerprint is path, size and mtime: a same-size rewrite inside one clock tick
+    would look unchanged, so the new file's mtime is moved past the old one's when they collide.
+    """
+    before = path.stat() if path.exists() else None
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
+    if before is not None:
+        after = partial.stat()
+        if after.st_mtime_ns <= before.st_mtime_ns:
+            bumped = before.st_mtime_ns + 1_000_000
+            os.utime(partial, ns=(bumped, bumped))
+    os.replace(partial, path)
+
+
+def trash_style(
+    library: StyleLibrary,
+    item_id: str,
+    trash_dir: Path,
+    *,
+    access: AccessPolicy | None = None,
+    now: datetime | None = None,
+) -> Trashed:
+    """Move a style's image and sidecar into a new ``<trash_dir>/<UTC stamp>/`` folder, then sync.
+
+    A sidecar that another image of the same stem also reads (``a.png`` and ``a.jpg`` share
+    ``a.json``) is copied, not moved, so the other style keeps its metadata.
+
+    Raises:
+        StyleNotFoundError: no such style.
+        AccessDeniedError: the style is in a read-only folder, or ``access`` does not let its files be moved.
+        LibraryError: the trash folder is inside one of the library's folders (trashed files would come back).
+    """
+    record = find_style(library, item_id)
+    root = _writable_root(library, record, "removed")
+    image = style_file(library, record)
+    trash = Path(os.path.realpath(trash_dir))
+    inside = next((r for r in library.roots if trash.is_relative_to(Path(os.path.realpath(r.path)))), None)
+    if inside is not None:
+        raise LibraryError(
+            f"The trash folder {trash} is inside the library folder {inside.path}, so a removed style would be "
+            "indexed again; use a library folder that does not hold ComfyUI's whole user folder."
+        )
+    sidecar = _sidecar_of(image)
+    has_sidecar = sidecar.is_file() and sidecar.name != MANIFEST_NAME
+    if access is not None:
+        for path in (image, sidecar) if has_sidecar else (image,):
+            access.writable(path, input_name=f"file of the style {item_id!r}", base=root.path)
+        access.writable(trash, input_name="trash folder", base=trash)
+    folder = _new_trash_folder(trash, now or datetime.now(UTC))
+    target = folder / (root.label or "library") / record.relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    moved: list[Path] = []
+    files: list[dict[str, Any]] = [{"from": str(image), "to": str(target)}]
+    shutil.move(image, target)
+    moved.append(target)
+    if has_sidecar:
+        side_target = target.with_suffix(".json")
+        shared = _stem_shared(image)
+        if shared:
+            shutil.copy2(sidecar, side_target)
+        else:
+            shutil.move(sidecar, side_target)
+        moved.append(side_target)
+        files.append({"from": str(sidecar), "to": str(side_target), "copied": shared})
+    (folder / TRASH_RECORD).write_text(
+        json.dumps({"id": item_id, "library": library.name, "name": record.meta.name, "files": files},
+                   ensure_ascii=False, indent=2),
+        encoding="utf-8",
+    )
+    logger.info("Style library %s: moved %s to the trash folder %s.", library.name, item_id, folder)
+    library.sync()
+    return Trashed(folder, tuple(moved))
+
+
+def _new_trash_folder(trash: Path, now: datetime) -> Path:
+    """A fresh folder named for the UTC time; two removals in one microsecond get ``-2``, ``-3``..."""
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    trash.mkdir(parents=True, exist_ok=True)
+    candidate, n = trash / stamp, 2
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate, n = trash / f"{stamp}-{n}", n + 1
+
+
+def _stem_shared(image: Path) -> bool:
+    """Whether another image beside ``image`` has the same stem, and so reads the same sidecar."""
+    return any(
+        other != image and other.stem == image.stem and other.suffix.lower() in IMAGE_EXTENSIONS
+        for other in image.parent.iterdir()
+    )
