@@ -68,10 +68,11 @@ if __package__ in (None, ""):  # run as a script: make the pack importable as sk
 import numpy as np
 
 from sketch_rag.cli.batch_jobs import Job
+from sketch_rag.cli.workflows import SKETCHES_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_COMFYUI = REPO / ".comfyui" / "ComfyUI"
-SKETCHES = REPO / "examples" / "sketches"
+SKETCHES = SKETCHES_DIR
 PROMPTS = ("a watercolor painting of it", "an ink drawing with bold lines")
 WARMUP_PROMPT = "a pencil study, warm-up"
 SERVER_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "ANONYMIZED_TELEMETRY": "False"}

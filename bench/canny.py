@@ -29,10 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sketch_rag.cli.workflows import SKETCHES_DIR
 from sketch_rag.rendering.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, CannySettings, sketch_to_edges
 
 REPO = Path(__file__).resolve().parent.parent
-SKETCHES = REPO / "examples" / "sketches"
+SKETCHES = SKETCHES_DIR
 COMFYUI = REPO / ".comfyui" / "ComfyUI"
 LINES = CannySettings(mode="lines")
 

@@ -19,8 +19,9 @@ from typing import Any
 from ..errors import InvalidParameterError, PreflightError
 from ..model_folders import FOLDER_OF_INPUT
 from .paths import HOME
+from .workflows import SKETCHES_DIR
 
-EXAMPLE_SKETCH = Path(__file__).resolve().parent.parent / "examples" / "sketches" / "sketch_house.png"
+EXAMPLE_SKETCH = SKETCHES_DIR / "sketch_house.png"
 DEMO_PROMPT = "a cozy cottage at dusk, warm light in the windows, painterly"
 TINY_FIELDS: dict[str, Any] = {"steps": 4, "resolution": 128, "style_resolution": 128, "height": 128}
 """With the tiny models: a few steps at 128 px, seconds on a CPU (the output is noise-like anyway)."""
@@ -45,14 +46,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=_demo)
 
 
+EARLIER_NAMES = {"controlnet": ("control_v11p_sd15_canny.pth", "control_v11p_sd15_canny.safetensors")}
+"""Files earlier READMEs had users download (lllyasviel's originals): a demo user who has one keeps using it."""
+
+
 def real_models_present(models_dir: Path) -> dict[str, str] | None:
-    """The bundled workflow's real model names if every one is in ``models_dir``, else None."""
+    """The real model names to run with if every one is in ``models_dir`` (the bundled workflow's, or an earlier
+    name of the same model), else None."""
     from .workflows import REAL_MODELS
 
+    chosen = {}
     for field, name in REAL_MODELS.items():
-        if not (models_dir / FOLDER_OF_INPUT[field] / name).exists():
+        folder = models_dir / FOLDER_OF_INPUT[field]
+        found = next((n for n in (name, *EARLIER_NAMES.get(field, ())) if (folder / n).exists()), None)
+        if found is None:
             return None
-    return dict(REAL_MODELS)
+        chosen[field] = found
+    return chosen
 
 
 def accelerator_available() -> bool:

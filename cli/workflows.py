@@ -17,17 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkflowError
+from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER, STYLE_CLIP
 
 PACK_DIR = Path(__file__).resolve().parent.parent
-WORKFLOWS_DIR = PACK_DIR / "example_workflows"
-"""UI-format workflows for ComfyUI's template browser. 0.3.75 also accepts ``workflows/``, but it serves the
-first of example_workflows/example/examples/workflow/workflows that exists under one URL, so our
-``examples/`` (sketches) would shadow ``workflows/``: ``example_workflows/`` is checked first."""
+WORKFLOWS_DIR = PACK_DIR / "workflows"
+"""UI-format workflows (``*.json``, each with a ``.jpg`` thumbnail) for ComfyUI's template browser.
+
+ComfyUI 0.3.75 (``app/custom_node_manager.py``) lists ``*.json`` directly inside a pack's example_workflows,
+example, examples, workflow or workflows folder, and serves the first of those that exists under
+``/api/workflow_templates/<pack>/``; so the pack has no folder earlier in that list (the example sketches live
+in ``workflows/sketches/``, which it neither lists nor needs)."""
 API_DIR = WORKFLOWS_DIR / "api"
 """API-format copies, one folder deeper so the template browser does not list them."""
+SKETCHES_DIR = WORKFLOWS_DIR / "sketches"
+"""The example sketches (see PROVENANCE.md there): the demo's input, and the tests' and benches'."""
 DEFAULT_WORKFLOW = "sketch_to_render"
 
 Graph = dict[str, dict[str, Any]]
+
+FRONTEND_ONLY_TYPES = frozenset({"Note", "MarkdownNote"})
+"""Node types that live in the frontend only: a UI workflow may hold them, the queued graph never does."""
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 """Input types the frontend shows as widgets (their values live in ``widgets_values``); lists are combos too."""
@@ -198,7 +207,7 @@ def ui_to_api(ui: Mapping[str, Any], object_info: Mapping[str, Any]) -> Graph:
     links = {int(link[0]): link for link in ui.get("links", [])}  # id, from, from_slot, to, to_slot, type
     graph: Graph = {}
     for node in ui["nodes"]:
-        if node.get("mode", 0) in (2, 4):  # 2 muted, 4 bypassed: not queued
+        if node.get("mode", 0) in (2, 4) or node["type"] in FRONTEND_ONLY_TYPES:  # 2 muted, 4 bypassed
             continue
         info = object_info.get(node["type"])
         if info is None:
@@ -352,15 +361,55 @@ def style_results(graph: Graph, outputs: dict[str, Any]) -> tuple[list[str], lis
     return texts("style names"), scores
 
 
-REAL_MODELS: dict[str, str] = {
-    "checkpoint": "v1-5-pruned-emaonly.safetensors",
-    "controlnet": "control_v11p_sd15_canny.pth",
-    "ip_adapter": "ip-adapter_sd15.safetensors",
-    "image_encoder": "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
-    "embedding_model": "clip-vit-base-patch32",
-}
-"""The model files the bundled workflows name (see the README's download command)."""
+@dataclass(frozen=True)
+class ModelFile:
+    """A real model file a bundled workflow names, as ComfyUI's frontend reads it from ``properties.models``.
 
+    The frontend (1.32, bundled with ComfyUI 0.3.75) collects these from each node whose widget values include
+    ``name``, and from the workflow's own ``models`` list; one it cannot find in ``directory`` (a models folder
+    name, as ``/experiment/models`` lists them) is shown in its Missing Models panel with a download button,
+    which it offers only for ``https://huggingface.co/`` or civitai URLs and ``.safetensors``/``.sft`` names.
+    """
+
+    name: str
+    """The file name as the node's dropdown shows it, a path below ``directory``."""
+    url: str
+    directory: str
+
+
+HF = "https://huggingface.co"
+MODEL_FILES: dict[str, ModelFile] = {
+    "checkpoint": ModelFile(
+        "v1-5-pruned-emaonly.safetensors",
+        f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors",
+        CHECKPOINTS),
+    "controlnet": ModelFile(
+        "control_v11p_sd15_canny_fp16.safetensors",
+        f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_canny_fp16.safetensors",
+        CONTROLNET),
+    "ip_adapter": ModelFile(
+        "ip-adapter_sd15.safetensors", f"{HF}/h94/IP-Adapter/resolve/main/models/ip-adapter_sd15.safetensors",
+        IPADAPTER),
+    # h94 ships the ViT-H/14 encoder as models/image_encoder/model.safetensors; ComfyUI users keep it under
+    # this name (a browser download arrives as model.safetensors: save it as ``name``).
+    "image_encoder": ModelFile(
+        "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors",
+        f"{HF}/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors", CLIP_VISION),
+    # The style CLIP is a transformers folder (config, tokenizer, weights), which no single download fills; its
+    # weights file stands for it, so the panel names the folder and where it goes, and the template's note gives
+    # the one command that fetches all of it. The repo's main branch has no model.safetensors, so the frontend
+    # lists this entry without a download button.
+    "embedding_model": ModelFile(
+        "clip-vit-base-patch32/pytorch_model.bin",
+        f"{HF}/openai/clip-vit-base-patch32/resolve/main/pytorch_model.bin", STYLE_CLIP),
+}
+"""The model files the bundled workflows name, keyed by the job field that picks each (see the README)."""
+
+REAL_MODELS: dict[str, str] = {
+    **{field: model.name for field, model in MODEL_FILES.items() if field != "embedding_model"},
+    "embedding_model": MODEL_FILES["embedding_model"].name.split("/")[0],
+}
+"""The dropdown values the bundled workflows carry for the real models (the style CLIP by its folder)."""
 
 def tiny_models() -> dict[str, str]:
     """Job fields that point the bundled workflows at the files ``sketch-rag tiny-models`` writes."""

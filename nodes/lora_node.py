@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 from ..model_folders import LORAS
 from ..rendering.lora import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
-from .sampler_nodes import HybridPipelineType, _choices, _full_path
+from .sampler_nodes import HybridPipelineType, _checked_pipeline, _choices, _full_path
 
 
 class HybridLoRA(io.ComfyNode):
@@ -58,6 +58,7 @@ class HybridLoRA(io.ComfyNode):
         from ..rendering.hybrid_pipeline import DEFAULT_CACHE
         from ..rendering.lora import check_strength
 
+        pipeline = _checked_pipeline(pipeline)
         path = _full_path(LORAS, lora)
         spec = dataclasses.replace(pipeline, loras=(*pipeline.loras, (path, check_strength(strength, path))))
         DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node

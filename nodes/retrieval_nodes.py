@@ -307,7 +307,8 @@ class ClipStyleRetriever(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "image_weight", default=0.5, min=0.0, max=1.0, step=0.05,
-                    tooltip="With a query image: its share of the query (0 = prompt only, 1 = image only).",
+                    tooltip="With a query image: its share of the query compared with the style images (0 = prompt "
+                    "only, 1 = image only); text_weight still compares the prompt with the styles' words.",
                 ),
                 io.Int.Input(
                     "resolution", default=512, min=64, max=2048, step=8,
@@ -328,22 +329,25 @@ class ClipStyleRetriever(io.ComfyNode):
                     tooltip="How much the styles' own words count: each score mixes the cosine of the query with "
                     "the style image (1 - text_weight) and of the prompt with the style's name, tags and "
                     "description (text_weight), both from the same CLIP. 0 = images only (as before), 1 = words "
-                    "only. Without a prompt (a query image alone) it has no effect: the words are compared with "
-                    "the prompt, never with the image.",
+                    "only. Prompt-to-words cosines run higher than prompt-to-image ones (CLIP's modality gap), so "
+                    "a small weight already counts: start around 0.1-0.3. Without a prompt (a query image alone) "
+                    "it has no effect: the words are compared with the prompt, never with the image.",
                 ),
             ],
             outputs=[
                 io.Image.Output(display_name="style_images", tooltip="The top-k style images, best first."),
                 io.String.Output(display_name="names", tooltip="Their names, one per line."),
-                io.String.Output(display_name="scores", tooltip="Cosine similarities, comma-separated, best first."),
+                io.String.Output(display_name="scores", tooltip="Their scores, comma-separated, best first: cosine "
+                                 "similarities (with text_weight above 0, the mix of image and word cosines)."),
                 io.String.Output(display_name="weights", tooltip="Blending weights summing to 1, comma-separated."),
-                io.Float.Output(display_name="top_score", tooltip="Cosine similarity of the best match."),
+                io.Float.Output(display_name="top_score", tooltip="The best match's score (as in scores)."),
                 io.Float.Output(
                     display_name="top_z_score",
                     tooltip="The best match's score relative to the library for this query: standard deviations "
-                    "above the mean score of all its styles. Unlike top_score it reads the same across prompts, "
-                    "libraries and models (about 2 or more: a clear match; near 0: nothing stands out), so "
-                    "threshold this one.",
+                    "above the mean score of all its styles. It does not move with a prompt's or model's overall "
+                    "cosine level as top_score does, so one threshold holds across prompts. The best of many "
+                    "styles always stands out somewhat (about 2.5 for 100 unrelated styles, 3.8 for 10,000), so "
+                    "set the threshold for your library from a few prompts with and without a fitting style.",
                 ),
                 io.String.Output(
                     display_name="z_scores", tooltip="Each result's z-score among all the library's styles, "

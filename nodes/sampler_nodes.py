@@ -48,15 +48,32 @@ def _choices(folder: str, optional: bool = False) -> list[str]:
     return ([NONE_CHOICE] if optional else []) + names
 
 
+def _checked_pipeline(pipeline: Any) -> Any:
+    """The ``PipelineSpec`` our loader and LoRA nodes pass on; ComfyUI lets an API graph's constant through instead."""
+    from ..errors import InvalidParameterError
+    from ..rendering.hybrid_pipeline import PipelineSpec
+
+    if not isinstance(pipeline, PipelineSpec):
+        raise InvalidParameterError(
+            f"The pipeline input is a {type(pipeline).__name__}; connect a Hybrid Pipeline Loader (or a Hybrid LoRA "
+            "after one) to it."
+        )
+    return pipeline
+
+
 def _full_path(folder: str, name: str) -> Path:
     """Dropdown name -> path; a name ComfyUI does not know goes to the engine's resolver for its clear error."""
     import folder_paths
 
+    from ..errors import InvalidParameterError
     from ..rendering.model_files import resolve_model
 
     found = folder_paths.get_full_path(folder, name)
     if found:
         return Path(found)
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        # ComfyUI's dropdown check stops these in a queued graph; a direct call must not reach outside models/ either.
+        raise InvalidParameterError(f"The {folder} model {name!r} is a path; pick a file name from models/{folder}.")
     return resolve_model(name, Path(folder_paths.get_folder_paths(folder)[0]), folder)
 
 
@@ -374,6 +391,7 @@ class HybridSampler(io.ComfyNode):
         from ..errors import RenderInterruptedError
         from ..rendering.hybrid_pipeline import DEFAULT_CACHE
 
+        pipeline = _checked_pipeline(pipeline)
         controls = image_batch_to_arrays(edges, "edges")
         styles = image_batch_to_arrays(style, "style") if style is not None else []
         request = rr.RenderRequest(

@@ -206,8 +206,9 @@ class ChromaIndex:
                     f"The style index {self.name!r} in {self.location} was built with embedding model "
                     f"{meta.get('model_key')!r} ({meta.get('dim')}-d); the model loaded now is {self.model_key!r} "
                     f"({self.dim}-d), and their embeddings cannot be compared. Load the model the library was "
-                    "indexed with, or rebuild the index for this model (loader: rebuild_index, CLI: "
-                    "`library sync --rebuild`)."
+                    "indexed with, rebuild the index for this model (loader: rebuild_index, CLI: "
+                    "`library sync --rebuild --model ...`), or, to keep both, give this model a store of its own "
+                    "(loader: store, CLI: --store)."
                 )
             self._get_client().delete_collection(self.name)
             return self.open()

@@ -107,11 +107,6 @@ class StyleLibrary:
         """The indexed records (those without an error), rebuilt only when the records change."""
         self._matrices: StyleMatrices | None = None
 
-    @property
-    def cache_key(self) -> str:
-        """Embedding-cache key: the model key plus the dimension, so no vector of another shape is ever reused."""
-        return self.stores.cache_key
-
     # -- writing -----------------------------------------------------------------------------
 
     def _locked(self) -> FileLock:

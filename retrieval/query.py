@@ -155,8 +155,9 @@ def relative_standing(every: np.ndarray, rows: Sequence[int]) -> list[tuple[floa
     """(z-score, rank percentile) of the styles at ``rows`` among ``every`` style's score for one query.
 
     The z-score is ``(score - mean) / std`` over all styles (0 when all score alike); the percentile
-    is the share of styles scoring strictly below, in percent of the others (100 for the best, 0
-    for the worst; ties share one value; 100 for a library of one). A row of -1 (a style not in the
+    is the mid-rank share of the others scoring below, in percent: each style scoring lower counts 1,
+    each other style tied with it counts 1/2 (100 for a clear best, 0 for a clear worst, 50 when all
+    tie; 100 for a library of one). A row of -1 (a style not in the
     matrix, say one added by another process since) gets the neutral (0, 100) rather than a guess.
     """
     scores = np.asarray(every, dtype=np.float64)
@@ -170,5 +171,6 @@ def relative_standing(every: np.ndarray, rows: Sequence[int]) -> list[tuple[floa
         value = scores[row]
         z = (float(value) - mean) / std if std > 1e-9 else 0.0
         below = int(np.count_nonzero(scores < value))
-        result.append((z, 100.0 * below / (n - 1) if n > 1 else 100.0))
+        tied_others = int(np.count_nonzero(scores == value)) - 1
+        result.append((z, 100.0 * (below + 0.5 * tied_others) / (n - 1) if n > 1 else 100.0))
     return result

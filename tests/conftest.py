@@ -22,17 +22,18 @@ import pytest
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
+from sketch_rag.cli.workflows import SKETCHES_DIR
 from sketch_rag.tiny_models.files import write_tiny_models
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_SKETCHES = REPO / "examples" / "sketches"
+EXAMPLE_SKETCHES = SKETCHES_DIR
 COMFYUI_HOME = REPO / ".comfyui"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test not marked for a heavier tier is a unit test, so `-m unit` selects them.
+    # Every test not marked for another tier is a unit test, so `-m unit` selects them.
     for item in items:
-        if not any(item.get_closest_marker(m) for m in ("comfy", "slow")):
+        if not any(item.get_closest_marker(m) for m in ("comfy", "slow", "node")):
             item.add_marker(pytest.mark.unit)
 
 

@@ -70,3 +70,20 @@ def test_serve_starts_comfyui_with_the_pack_and_stops_it_on_sigterm(tmp_path: Pa
         serve.wait(30)
     with pytest.raises(ComfyClientError):
         client.object_info()
+
+
+def test_the_demo_uses_real_models_also_under_the_controlnet_name_earlier_readmes_gave(tmp_path: Path) -> None:
+    from sketch_rag.cli.demo_cmd import real_models_present
+    from sketch_rag.cli.workflows import REAL_MODELS
+    from sketch_rag.model_folders import FOLDER_OF_INPUT
+
+    for field, name in REAL_MODELS.items():
+        if field != "controlnet":
+            (tmp_path / FOLDER_OF_INPUT[field] / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / FOLDER_OF_INPUT[field] / name).touch()
+    assert real_models_present(tmp_path) is None  # no ControlNet at all: the demo falls back to tiny models
+    (tmp_path / "controlnet").mkdir()
+    (tmp_path / "controlnet" / "control_v11p_sd15_canny.pth").touch()
+    assert real_models_present(tmp_path) == {**REAL_MODELS, "controlnet": "control_v11p_sd15_canny.pth"}
+    (tmp_path / "controlnet" / REAL_MODELS["controlnet"]).touch()
+    assert real_models_present(tmp_path) == REAL_MODELS  # the bundled workflow's own name wins

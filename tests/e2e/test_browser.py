@@ -17,8 +17,8 @@ import pytest
 from playwright import sync_api
 
 from sketch_rag.cli.comfyui_client import ComfyClient
-from sketch_rag.cli.comfyui_server import ComfyServer, free_port, start_server
-from sketch_rag.cli.workflows import tiny_models
+from sketch_rag.cli.comfyui_server import PACK_LINK_NAME, ComfyServer, free_port, start_server
+from sketch_rag.cli.workflows import MODEL_FILES, ModelFile, load_ui_workflow, tiny_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
@@ -47,10 +47,70 @@ def post_user_settings(url: str, settings: dict[str, Any]) -> None:
     assert {k: saved.get(k) for k in settings} == settings, f"the server did not keep the settings: {saved}"
 
 
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[sync_api.Page]:
+    """A fresh headless chromium page (own profile), closed after the test."""
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1600, "height": 1000})
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def open_comfyui(page: sync_api.Page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+
+
+def expected_missing(name: str) -> list[ModelFile]:
+    """The real files a bundled workflow names (none is on the test server): each of our model files one of its
+    nodes' widgets selects, and the style CLIP (which the workflow's own ``models`` list describes)."""
+    values = {v for node in load_ui_workflow(name)["nodes"] for v in node.get("widgets_values") or []
+              if isinstance(v, str)}
+    return [m for field, m in MODEL_FILES.items() if field != "embedding_model" and m.name in values] + [
+        MODEL_FILES["embedding_model"]]
+
+
+@pytest.mark.parametrize("name", ["sketch_to_render", "sketch_to_render_core_controlnet"])
+def test_template_opened_without_the_real_models_lists_each_with_its_folder_and_download(
+        copied_pack_server: ComfyServer, browser_page: sync_api.Page, name: str) -> None:
+    post_user_settings(copied_pack_server.url, {**USER_SETTINGS, "Comfy.Workflow.ShowMissingModelsWarning": True})
+    page = browser_page
+    open_comfyui(page, copied_pack_server.url)
+    # As the template browser opens a pack's template: fetch it from the pack's folder, load it as a new graph.
+    page.evaluate(
+        """async (path) => {
+            const workflow = await (await fetch(path)).json();
+            await window.app.loadGraphData(workflow, true, true, 'template');
+        }""", f"/api/workflow_templates/{PACK_LINK_NAME}/{name}.json")
+    panel = page.locator(".comfy-missing-models")
+    panel.wait_for(state="visible", timeout=30_000)
+    panel.get_by_text(MODEL_FILES["embedding_model"].name).scroll_into_view_if_needed()  # the last entry, in view
+    page.wait_for_timeout(300)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser_missing_models_{name}.png"))
+    text = panel.inner_text()
+    expected = expected_missing(name)
+    for model in expected:
+        assert f"{model.directory} / {model.name}" in text, f"{model.directory} / {model.name} not in:\n{text}"
+    assert len(panel.get_by_role("option").all()) == len(expected), text
+    for model in expected:
+        download = panel.locator(f'button[title="{model.url}"]')
+        # The frontend fetches .safetensors only; the CLIP folder's .bin stands for the folder, named, no button.
+        assert download.is_enabled() == model.name.endswith(".safetensors"), model
+    assert "Only allowed suffixes" in text  # the frontend's own reason, beside the CLIP entry
+
+
 @pytest.fixture(scope="module")
 def copied_pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) -> Iterator[ComfyServer]:
     base = tmp_path_factory.mktemp("browser_base")
-    ignore = shutil.ignore_patterns(".venv", ".comfyui", ".git", "tests", "test-artifacts", "*.egg-info",
+    # .pypath holds a link back to the checkout (for worktrees), which copytree would follow round and round.
+    ignore = shutil.ignore_patterns(".venv", ".comfyui", ".git", ".pypath", "tests", "test-artifacts", "*.egg-info",
                                     "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
     shutil.copytree(REPO, base / "custom_nodes" / "sketch_rag", ignore=ignore)
     for folder in ("input", "output", "user", "temp"):
@@ -86,7 +146,8 @@ def test_bundled_workflow_loads_without_missing_nodes_queues_and_shows_the_rende
                     const templates = await (await fetch('/api/workflow_templates')).json();
                     const workflow = await (await fetch('/api/workflow_templates/sketch_rag/sketch_to_render.json'))
                         .json();
-                    await window.app.loadGraphData(workflow);
+                    // The server has only the tiny models: the real files' panel is the next test's subject.
+                    await window.app.loadGraphData(workflow, true, true, null, {showMissingModelsDialog: false});
                     const nodes = window.app.graph._nodes;
                     return {templates, types: nodes.map(n => n.type),
                             missing: nodes.filter(n => !window.LiteGraph.registered_node_types[n.type])

@@ -13,14 +13,17 @@ import pytest
 from PIL import Image
 
 from sketch_rag.cli.comfyui_client import ComfyClient
+from sketch_rag.cli.comfyui_server import PACK_LINK_NAME
 from sketch_rag.cli.workflows import (
     API_DIR,
+    MODEL_FILES,
     WORKFLOWS_DIR,
     bind,
     graph_differences,
     load_api_workflow,
     load_ui_workflow,
     targets,
+    tiny_models,
     ui_to_api,
     validate_graph,
 )
@@ -65,11 +68,31 @@ def test_ui_format_is_refused_where_api_format_is_needed() -> None:
         load_api_workflow(WORKFLOWS_DIR / "sketch_to_render.json")
 
 
-def test_template_browser_lists_the_workflows_but_not_the_api_copies(comfy: ComfyClient) -> None:
-    # The files themselves are fetched (and opened) in the browser test.
-    with urllib.request.urlopen(f"{comfy.url}/workflow_templates", timeout=10) as response:
-        templates = json.load(response)
-    assert sorted(templates["sketch_rag"]) == NAMES
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return bytes(response.read())
+
+
+def test_template_browser_lists_the_workflows_under_the_pack_and_serves_them_from_workflows(
+        comfy: ComfyClient) -> None:
+    # The frontend's own calls: the listing, then each template and its thumbnail by name under the pack's folder.
+    templates = json.loads(fetch(f"{comfy.url}/api/workflow_templates"))
+    assert sorted(templates[PACK_LINK_NAME]) == NAMES  # not the API copies, not the sketches' folder
+    for name in NAMES:
+        served = fetch(f"{comfy.url}/api/workflow_templates/{PACK_LINK_NAME}/{name}.json")
+        assert json.loads(served) == load_ui_workflow(name)
+        assert fetch(f"{comfy.url}/api/workflow_templates/{PACK_LINK_NAME}/{name}.jpg") == (
+            WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
+
+
+def test_every_models_folder_the_workflows_name_is_one_the_frontend_can_check(comfy: ComfyClient) -> None:
+    comfy.object_info()  # builds the schemas, which register ipadapter/ and style_clip/ as ComfyUI does for packs
+    folders = {f["name"] for f in json.loads(fetch(f"{comfy.url}/api/experiment/models"))}
+    assert {m.directory for m in MODEL_FILES.values()} <= folders
+    # The tiny stand-ins are found where the frontend looks, so a workflow naming them reports nothing missing.
+    listed = {f["name"] for f in json.loads(fetch(f"{comfy.url}/api/experiment/models/style_clip"))}
+    clip = tiny_models()["embedding_model"]
+    assert any(name.startswith(f"{clip}/") and name.endswith((".safetensors", ".bin")) for name in listed), listed
 
 
 @pytest.mark.slow

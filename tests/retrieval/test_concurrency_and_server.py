@@ -34,7 +34,7 @@ def test_two_processes_adding_at_once_lose_nothing(tmp_path: Path) -> None:
     library, report = open_library([LibraryRoot(folder, "")], GeometryEmbedder(), store)
     assert report.total == 2 * n and not report.added and not report.rebuilt
     records = library.state.records()
-    everything = {i: library.cache.get_many(library.cache_key, [r.sha256])[r.sha256] for i, r in records.items()}
+    everything = {i: library.cache.get_many(library.stores.cache_key, [r.sha256])[r.sha256] for i, r in records.items()}
     assert library.index.self_test(everything), "a vector written by one of the processes cannot be found"
     assert library.stores.verify(records)
 
