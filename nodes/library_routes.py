@@ -388,7 +388,9 @@ def checked_upload(upload: Upload) -> Path:
             )
         open_rgb(upload.path, EMBED_SIDE)  # decode the pixels too: a truncated file fails here
     except InvalidImageError as exc:
-        raise InvalidImageError(f"The uploaded file {shown!r} cannot be added: {exc}") from exc
+        # The checks name the staged file; the user knows only the name they uploaded.
+        reason = str(exc).replace(str(upload.path), shown).replace(upload.path.name, shown)
+        raise InvalidImageError(f"The uploaded file {shown!r} cannot be added: {reason}") from exc
     final = upload.path.with_suffix(suffix)
     upload.path.rename(final)
     return final
