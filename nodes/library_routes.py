@@ -159,8 +159,9 @@ def json_errors(handler: Handler) -> Handler:
             return _error(400, str(exc))
         except Exception as exc:
             logger.exception("Style Library route %s %s failed.", request.method, request.path)
-            return _error(500, f"Sketch RAG failed on {request.method} {request.path} ({type(exc).__name__}: {exc}); "
-                               "this is a bug, please report it with the ComfyUI log.")
+            # The detail (which may hold server paths) goes to the log, not to the client.
+            return _error(500, f"Sketch RAG failed on {request.method} {request.path} ({type(exc).__name__}); "
+                               "this is a bug, please report it with the ComfyUI log, which has the details.")
 
     return wrapped
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,7 +95,7 @@ def style_file(library: StyleLibrary, record: FileRecord) -> Path:
     path = Path(os.path.realpath(root.path / record.relpath))
     if not path.is_relative_to(Path(os.path.realpath(root.path))):
         raise AccessDeniedError(
-            f"The style {record.item_id!r} is a link to {path}, outside its library folder {root.path}; "
+            f"The style {record.item_id!r} is a link to a file outside its library folder {root.path}; "
             "styles are only read from inside their folder. Replace the link by a copy of the image."
         )
     if not path.is_file():
@@ -234,8 +235,10 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
     would look unchanged, so the new file's mtime is moved past the old one's when they collide.
     """
     before = path.stat() if path.exists() else None
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    partial = Path(name)  # created exclusively: never a link someone planted, never another writer's file
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(json.dumps(content, ensure_ascii=False, indent=2))
     if before is not None:
         after = partial.stat()
         if after.st_mtime_ns <= before.st_mtime_ns:
@@ -281,24 +284,24 @@ def trash_style(
     folder = _new_trash_folder(trash, now or datetime.now(UTC))
     target = folder / (root.label or "library") / record.relpath
     target.parent.mkdir(parents=True, exist_ok=True)
-    moved: list[Path] = []
+    side_target = target.with_suffix(".json")
+    shared = has_sidecar and _stem_shared(image)
     files: list[dict[str, Any]] = [{"from": str(image), "to": str(target)}]
-    shutil.move(image, target)
-    moved.append(target)
     if has_sidecar:
-        side_target = target.with_suffix(".json")
-        shared = _stem_shared(image)
-        if shared:
-            shutil.copy2(sidecar, side_target)
-        else:
-            shutil.move(sidecar, side_target)
-        moved.append(side_target)
         files.append({"from": str(sidecar), "to": str(side_target), "copied": shared})
+    # The record first, the image last: a crash part-way leaves the style in the library (at worst without its
+    # sidecar, which the record says where to find), never a moved file nobody can trace back.
     (folder / TRASH_RECORD).write_text(
         json.dumps({"id": item_id, "library": library.name, "name": record.meta.name, "files": files},
                    ensure_ascii=False, indent=2),
         encoding="utf-8",
     )
+    moved: list[Path] = []
+    if has_sidecar:
+        (shutil.copy2 if shared else shutil.move)(sidecar, side_target)
+        moved.append(side_target)
+    shutil.move(image, target)
+    moved.insert(0, target)
     logger.info("Style library %s: moved %s to the trash folder %s.", library.name, item_id, folder)
     library.sync()
     return Trashed(folder, tuple(moved))

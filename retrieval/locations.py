@@ -18,6 +18,7 @@ folder as a library in ``<home>/libraries`` and a relative store as ``<home>/sto
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import urllib.error
 import urllib.request
@@ -93,6 +94,13 @@ def library_roots(
     path = policy.readable(value, input_name=names.folder, base=base)
     if path.exists() and not path.is_dir():
         raise LibraryError(f"The {names.folder} {value!r} ({path}) is a file; give a folder of style images.")
+    data = Path(os.path.realpath(home.folder))
+    if data.is_relative_to(path):
+        # The home holds the store, the thumbnail cache and the trash: as a library they would index themselves.
+        raise LibraryError(
+            f"The {names.folder} {value!r} ({path}) contains {data}, where Sketch RAG keeps its store, thumbnails "
+            f"and trash; give a folder of style images, such as {data / 'styles'} or {data / 'libraries'}/<name>."
+        )
     writable = policy.can_write(path) and not path.is_relative_to(SHIPPED_LIBRARY)
     return [LibraryRoot(path, "", writable=writable)]
 

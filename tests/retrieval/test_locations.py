@@ -74,6 +74,16 @@ def test_library_folders_outside_comfyuis_folders_are_refused(base: Path, folder
         library_roots(value, node_policy(base), node_home(base))
 
 
+@pytest.mark.parametrize("folder", ["user", "user/sketch_rag"])
+def test_a_library_folder_holding_the_packs_own_data_is_refused(base: Path, folder: str) -> None:
+    """The store, thumbnail cache and trash under user/sketch_rag would otherwise be indexed as styles."""
+    home = node_home(base)
+    home.folder.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(LibraryError, match="where Sketch RAG keeps its store, thumbnails and trash"):
+        library_roots(str(base / folder), node_policy(base), home)
+    assert library_roots(str(home.folder / "styles"), node_policy(base), home)[0].path == home.folder / "styles"
+
+
 def test_a_symlinked_library_folder_is_checked_where_it_leads(base: Path) -> None:
     (base / "input" / "linked").symlink_to(base.parent / "outside", target_is_directory=True)
     with pytest.raises(AccessDeniedError, match=str(base.parent / "outside")):
