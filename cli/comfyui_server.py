@@ -122,15 +122,18 @@ def start_server(
     )
     server = ComfyServer(process, f"http://{host}:{port}", log_path, log_file)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.is_running():
-            server.stop()
-            raise ComfyServerError(f"ComfyUI exited at start (code {process.returncode}):\n{_tail(server)}")
-        if _answers(server.url):
-            return server
-        time.sleep(0.3)
-    server.stop()
-    raise ComfyServerError(f"ComfyUI did not answer on {server.url} within {timeout:.0f} s:\n{_tail(server)}")
+    try:
+        while time.monotonic() < deadline:
+            if not server.is_running():
+                raise ComfyServerError(f"ComfyUI exited at start (code {process.returncode}):\n{_tail(server)}")
+            if _answers(server.url):
+                return server
+            time.sleep(0.3)
+        raise ComfyServerError(f"ComfyUI did not answer on {server.url} within {timeout:.0f} s:\n{_tail(server)}")
+    except BaseException:
+        # A failed start, Ctrl-C or a SIGTERM turned into SystemExit while waiting: never leave ComfyUI orphaned.
+        server.stop()
+        raise
 
 
 def _answers(url: str) -> bool:

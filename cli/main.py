@@ -105,11 +105,11 @@ def _serve(args: argparse.Namespace) -> int:
     # A service manager's SIGTERM must stop ComfyUI too, not orphan it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server = start_server(comfy_dir, host=args.host, port=args.port, cpu=args.cpu)
-    print(f"ComfyUI with Sketch RAG is running at {server.url} (log: {server.log_path}). Ctrl-C stops it.")
-    failures = server.import_failures()
-    if failures:
-        print("Some custom nodes failed to import:\n" + "\n".join(failures), file=sys.stderr)
     try:
+        print(f"ComfyUI with Sketch RAG is running at {server.url} (log: {server.log_path}). Ctrl-C stops it.")
+        failures = server.import_failures()
+        if failures:
+            print("Some custom nodes failed to import:\n" + "\n".join(failures), file=sys.stderr)
         return server.process.wait()
     finally:
         server.stop()

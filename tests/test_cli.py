@@ -87,3 +87,26 @@ def test_the_demo_uses_real_models_also_under_the_controlnet_name_earlier_readme
     assert real_models_present(tmp_path) == {**REAL_MODELS, "controlnet": "control_v11p_sd15_canny.pth"}
     (tmp_path / "controlnet" / REAL_MODELS["controlnet"]).touch()
     assert real_models_present(tmp_path) == REAL_MODELS  # the bundled workflow's own name wins
+
+
+def test_a_signal_while_comfyui_starts_stops_it_rather_than_orphaning_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` turns SIGTERM into SystemExit; if it lands before ComfyUI answered, the child must go too."""
+    from sketch_rag.cli import comfyui_server
+
+    (tmp_path / "main.py").write_text("import time\ntime.sleep(600)\n")  # a ComfyUI that never answers
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*args, **kwargs))  # type: ignore[call-overload]
+        return started[-1]
+
+    def terminated(url: str) -> bool:
+        raise SystemExit(143)
+
+    monkeypatch.setattr(comfyui_server.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(comfyui_server, "_answers", terminated)
+    with pytest.raises(SystemExit):
+        comfyui_server.start_server(tmp_path, port=free_port(), log_path=tmp_path / "log")
+    assert len(started) == 1 and started[0].poll() is not None
