@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # browser_harness.py, shared by the browser tests
 
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server

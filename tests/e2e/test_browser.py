@@ -7,27 +7,21 @@ install it, so the template files are served exactly as for a user.
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_harness import ARTIFACTS, launch_chromium, start_copied_pack_server
 from playwright import sync_api
 
 from sketch_rag.cli.comfyui_client import ComfyClient
-from sketch_rag.cli.comfyui_server import PACK_LINK_NAME, ComfyServer, free_port, start_server
+from sketch_rag.cli.comfyui_server import PACK_LINK_NAME, ComfyServer
 from sketch_rag.cli.workflows import MODEL_FILES, ModelFile, load_ui_workflow, tiny_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_HOME = REPO / ".comfyui"
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 WIDGETS = {**tiny_models(), "num_inference_steps": 2, "resolution": 64, "height": 64}
 """Widget name -> value set in the page after loading: the tiny model files, and a fast, small render."""
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
@@ -50,12 +44,8 @@ def post_user_settings(url: str, settings: dict[str, Any]) -> None:
 @pytest.fixture
 def browser_page(tmp_path: Path) -> Iterator[sync_api.Page]:
     """A fresh headless chromium page (own profile), closed after the test."""
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+        context = launch_chromium(playwright, tmp_path / "profile")
         try:
             yield context.pages[0] if context.pages else context.new_page()
         finally:
@@ -108,33 +98,18 @@ def test_template_opened_without_the_real_models_lists_each_with_its_folder_and_
 
 @pytest.fixture(scope="module")
 def copied_pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) -> Iterator[ComfyServer]:
-    base = tmp_path_factory.mktemp("browser_base")
-    # .pypath holds a link back to the checkout (for worktrees), which copytree would follow round and round.
-    ignore = shutil.ignore_patterns(".venv", ".comfyui", ".git", ".pypath", "tests", "test-artifacts", "*.egg-info",
-                                    "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
-    shutil.copytree(REPO, base / "custom_nodes" / "sketch_rag", ignore=ignore)
-    for folder in ("input", "output", "user", "temp"):
-        (base / folder).mkdir()
-    (base / "models").symlink_to(comfy_base_dir / "models", target_is_directory=True)
-    server = start_server(COMFYUI_HOME / "ComfyUI", port=free_port(), cpu=True, log_path=base / "comfyui.log",
-                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
-                          env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    server = start_copied_pack_server(tmp_path_factory.mktemp("browser_base"), comfy_base_dir / "models")
     yield server
     server.stop()
 
 
 def test_bundled_workflow_loads_without_missing_nodes_queues_and_shows_the_render(
         copied_pack_server: ComfyServer, tmp_path: Path, example_sketches: list[Path]) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
     post_user_settings(copied_pack_server.url, USER_SETTINGS)
     sketch = next(p for p in example_sketches if p.stem == "sketch_house")
     ComfyClient(copied_pack_server.url).upload_image(sketch.read_bytes(), sketch.name)  # the workflow's input
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+        context = launch_chromium(playwright, tmp_path / "profile")
         try:
             page = context.pages[0] if context.pages else context.new_page()
             errors: list[str] = []

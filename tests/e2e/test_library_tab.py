@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from browser_harness import ARTIFACTS, launch_chromium, start_copied_pack_server
 from PIL import Image
 from playwright import sync_api
 
-from sketch_rag.cli.comfyui_server import ComfyServer, free_port, start_server
+from sketch_rag.cli.comfyui_server import ComfyServer
 from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, default_roots, open_library
@@ -31,16 +31,6 @@ from sketch_rag.retrieval.query import StyleQuery
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI_HOME = REPO / ".comfyui"
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-PACK_IGNORE = shutil.ignore_patterns(".venv", ".comfyui", ".pypath", ".git", "tests", "test-artifacts",
-                                     "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache")
-"""What a clone would not hold. ``.pypath`` (a worktree's import shim, a symlink back to the repository) would
-make copytree recurse into the copy forever."""
 TAB_BUTTON = ".sketch-rag-style-library-tab-button"
 QUERY = "ink wash mountains"
 SEARCH_K = 16
@@ -115,16 +105,7 @@ def engine_ranking(base: Path, store: Path, query: StyleQuery) -> list[tuple[str
 @pytest.fixture(scope="module")
 def pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) -> Iterator[tuple[ComfyServer, Path]]:
     base = tmp_path_factory.mktemp("library_tab_base")
-    shutil.copytree(REPO, base / "custom_nodes" / "sketch_rag", ignore=PACK_IGNORE)
-    for folder in ("input", "output", "user", "temp"):
-        (base / folder).mkdir()
-    (base / "models").symlink_to(comfy_base_dir / "models", target_is_directory=True)
-    server = start_server(COMFYUI_HOME / "ComfyUI", port=free_port(), cpu=True, log_path=base / "comfyui.log",
-                          extra_args=("--base-directory", str(base), "--database-url", "sqlite:///:memory:"),
-                          env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
-    if "IMPORT FAILED" in server.log_text():
-        server.stop()
-        pytest.fail(f"ComfyUI could not load the pack:\n{server.log_text()[-3000:]}")
+    server = start_copied_pack_server(base, comfy_base_dir / "models")
     post_json(f"{server.url}/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
     yield server, base
     server.stop()
@@ -132,14 +113,9 @@ def pack_server(tmp_path_factory: pytest.TempPathFactory, comfy_base_dir: Path) 
 
 @pytest.fixture
 def page(tmp_path: Path, pack_server: tuple[ComfyServer, Path]) -> Iterator[sync_api.Page]:
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")
     server, _ = pack_server
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1600, "height": 1000})
+        context = launch_chromium(playwright, tmp_path / "profile")
         try:
             page = context.pages[0] if context.pages else context.new_page()
             errors: list[str] = []
