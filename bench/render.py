@@ -180,6 +180,29 @@ def bench_request(edges: np.ndarray, style: np.ndarray, size: int, steps: int, *
     )
 
 
+def plain_render(plain: Any, edges: np.ndarray, style: np.ndarray, size: int, steps: int, *, guidance: float = 7.5,
+                 batch: int = 1) -> Any:
+    """The plain diffusers pipeline doing what :func:`bench_request` asks of ours (full IP-Adapter at 0.8)."""
+    from PIL import Image
+
+    plain.set_ip_adapter_scale(0.8)
+    with torch.inference_mode():
+        return plain(
+            "a watercolor house",
+            negative_prompt="blurry",
+            image=Image.fromarray(edges).convert("RGB"),
+            ip_adapter_image=Image.fromarray(style),
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            guidance_scale=guidance,
+            controlnet_conditioning_scale=1.5,
+            num_images_per_prompt=batch,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images
+
+
 HIRES_UPSCALE = 1.5
 HIRES_DENOISE = 0.5
 
@@ -276,7 +299,6 @@ def main() -> None:
     style = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
 
     from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
-    from PIL import Image
 
     p = hybrid.pipe
     plain: Any = StableDiffusionControlNetPipeline(
@@ -301,22 +323,7 @@ def main() -> None:
             return cache.get(spec).render(request, on_step=lambda i, n, x: None, should_stop=lambda: False)
 
         def reference(batch: int = batch) -> Any:
-            plain.set_ip_adapter_scale(0.8)
-            with torch.inference_mode():
-                return plain(
-                    "a watercolor house",
-                    negative_prompt="blurry",
-                    image=Image.fromarray(edges).convert("RGB"),
-                    ip_adapter_image=Image.fromarray(style),
-                    num_inference_steps=steps,
-                    height=size,
-                    width=size,
-                    guidance_scale=7.5,
-                    controlnet_conditioning_scale=1.5,
-                    num_images_per_prompt=batch,
-                    generator=torch.Generator().manual_seed(0),
-                    output_type="np",
-                ).images
+            return plain_render(plain, edges, style, size, steps, batch=batch)
 
         ours()  # warm-up (kernels, allocator); also the "second run" whose loads we count
         loads_before = sum(cache.loads.values())
@@ -389,7 +396,6 @@ def few_step_row(
 ) -> dict[str, Any]:
     """4-step lcm vs 20-step uni_pc through the engine, and 4-step lcm ours vs plain diffusers, side by side."""
     from diffusers import LCMScheduler
-    from PIL import Image
 
     def engine(sampler: str, steps: int, guidance: float) -> Callable[[], Any]:
         request = bench_request(edges, style, size, steps, guidance_scale=guidance, sampler=sampler)
@@ -400,21 +406,7 @@ def few_step_row(
 
     def plain_lcm() -> Any:
         plain.scheduler = LCMScheduler.from_config(plain.scheduler.config)
-        plain.set_ip_adapter_scale(0.8)
-        with torch.inference_mode():
-            return plain(
-                "a watercolor house",
-                negative_prompt="blurry",
-                image=Image.fromarray(edges).convert("RGB"),
-                ip_adapter_image=Image.fromarray(style),
-                num_inference_steps=LCM_STEPS,
-                height=size,
-                width=size,
-                guidance_scale=lcm_guidance,
-                controlnet_conditioning_scale=1.5,
-                generator=torch.Generator().manual_seed(0),
-                output_type="np",
-            ).images
+        return plain_render(plain, edges, style, size, LCM_STEPS, guidance=lcm_guidance)
 
     lcm(), unipc(), plain_lcm()  # warm-up of each path
     speed = side_by_side(lcm, unipc, device, repeats)

@@ -44,6 +44,7 @@ from ..errors import (
     UploadTooLargeError,
 )
 from ..imaging import decode_image
+from ..retrieval.file_names import numbered_names
 from ..retrieval.folder import default_name
 from ..retrieval.images import EMBED_SIDE, open_rgb
 from ..retrieval.library import StyleLibrary
@@ -267,10 +268,11 @@ def _search_query(body: Mapping[str, Any]) -> StyleQuery:
         raise InvalidParameterError(f"The search query is {text!r}; give a text such as 'ink wash landscape'.")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidParameterError(f"The search query is {len(text)} characters; use at most {MAX_QUERY_CHARS}.")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+    # JSON's true/false would pass as the numbers 1/0; StyleQuery checks the ranges, as for the node.
+    if isinstance(k, bool):
         raise InvalidParameterError(f"k is {k!r}; ask for 1 to {MAX_K} styles.")
     weight = body.get("text_weight", 0.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise InvalidParameterError(
             f"text_weight is {weight!r}; use 0 (style images only) to 1 (style names, tags and descriptions only)."
         )
@@ -400,8 +402,7 @@ def checked_upload(upload: Upload) -> Path:
 def _upload_names(uploads: list[Upload], name: str) -> list[str]:
     """The Add node's rule: one file takes the name; several take 'name 1', 'name 2'; else the file's name."""
     if name.strip():
-        base = checked_name(name)
-        return [base] if len(uploads) == 1 else [f"{base} {n + 1}" for n in range(len(uploads))]
+        return numbered_names(checked_name(name), len(uploads))
     names = []
     for upload in uploads:
         stem = posixpath.basename(upload.filename.replace("\\", "/"))

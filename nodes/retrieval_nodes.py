@@ -26,6 +26,7 @@ from ..access import AccessPolicy
 from ..errors import InvalidImageError, LibraryError, SketchRagError
 from ..model_folders import STYLE_CLIP
 from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
+from ..retrieval.file_names import numbered_names
 from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
 from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
@@ -445,7 +446,7 @@ class AddToStyleLibrary(io.ComfyNode):
         if not isinstance(library, StyleLibrary):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
         arrays = image_batch_to_arrays(image, "image")
-        names = [name] if len(arrays) == 1 else [f"{name} {n + 1}" for n in range(len(arrays))]
+        names = numbered_names(name, len(arrays))
         added = library.add_many(arrays, names, normalise_tags(tags), access=_policy())
         return io.NodeOutput(library, "\n".join(m.item_id for m in added))
 
