@@ -20,6 +20,6 @@ FOLDER_OF_INPUT = {
     "ip_adapter": IPADAPTER,
     "image_encoder": CLIP_VISION,
     "embedding_model": STYLE_CLIP,
-    "lora_name": LORAS,
+    "lora": LORAS,
 }
 """The node input (and CLI option) that names a model -> the folder its choices come from."""

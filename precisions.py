@@ -6,6 +6,4 @@
 
 from __future__ import annotations
 
-AUTO = "auto"
-FIXED_PRECISIONS = ("fp16", "bf16", "fp32")
-PRECISIONS = (AUTO, *FIXED_PRECISIONS)
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")

@@ -45,7 +45,7 @@ from .schedulers import SAMPLERS, make_scheduler
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-"""Torch dtypes of :data:`~..precisions.FIXED_PRECISIONS`."""
+"""Torch dtypes of the :data:`~..precisions.PRECISIONS` other than ``auto``."""
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (steps done, total steps, current latents)."""
