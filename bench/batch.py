@@ -197,7 +197,8 @@ class InProcessRenderer:
         from sketch_rag.cli.workflows import bind
         from sketch_rag.imaging import write_image
         from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
-        from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+        from sketch_rag.rendering.model_cache import DEFAULT_CACHE
+        from sketch_rag.rendering.pipeline_spec import PipelineSpec
         from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
         from sketch_rag.retrieval.folder import normalise_tags
         from sketch_rag.retrieval.images import square_reference

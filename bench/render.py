@@ -37,7 +37,8 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from sketch_rag.rendering import architectures as arch  # noqa: E402
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec  # noqa: E402
+from sketch_rag.rendering.model_cache import PipelineCache  # noqa: E402
+from sketch_rag.rendering.pipeline_spec import PipelineSpec  # noqa: E402
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest  # noqa: E402
 from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
 from sketch_rag.tiny_models.sd import cross_attention_widths  # noqa: E402

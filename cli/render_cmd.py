@@ -125,7 +125,8 @@ def _render(args: argparse.Namespace) -> int:
 
     from ..imaging import read_image, write_image
     from ..rendering.canny import CannySettings, sketch_to_edges
-    from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+    from ..rendering.model_cache import DEFAULT_CACHE
+    from ..rendering.pipeline_spec import PipelineSpec
     from ..rendering.render_request import IpAdapterMode, RenderRequest
 
     if args.style is not None:

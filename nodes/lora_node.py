@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 from ..model_folders import LORAS
 from ..rendering.lora import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
-from .sampler_nodes import HybridPipelineType, _checked_pipeline, _choices, _full_path
+from .sampler_nodes import PipelineSpecType, _checked_spec, _choices, _full_path
 
 
 class HybridLoRA(io.ComfyNode):
@@ -30,7 +30,7 @@ class HybridLoRA(io.ComfyNode):
                 "to stack them. Changing the strength or removing the node never reloads the checkpoint."
             ),
             inputs=[
-                HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
+                PipelineSpecType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
                 io.Combo.Input(
                     "lora",
                     options=_choices(LORAS),
@@ -47,7 +47,7 @@ class HybridLoRA(io.ComfyNode):
                 ),
             ],
             outputs=[
-                HybridPipelineType.Output(
+                PipelineSpecType.Output(
                     display_name="pipeline", tooltip="The pipeline with this LoRA, for the sampler or the next LoRA."
                 )
             ],
@@ -55,11 +55,11 @@ class HybridLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipeline: Any, lora: str, strength: float = 1.0) -> io.NodeOutput:
-        from ..rendering.hybrid_pipeline import DEFAULT_CACHE
         from ..rendering.lora import check_strength
+        from ..rendering.model_cache import DEFAULT_CACHE
 
-        pipeline = _checked_pipeline(pipeline)
+        given = _checked_spec(pipeline)
         path = _full_path(LORAS, lora)
-        spec = dataclasses.replace(pipeline, loras=(*pipeline.loras, (path, check_strength(strength, path))))
+        spec = dataclasses.replace(given, loras=(*given.loras, (path, check_strength(strength, path))))
         DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node
         return io.NodeOutput(spec)

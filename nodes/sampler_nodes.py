@@ -17,12 +17,14 @@ from comfy_api.v0_0_2 import io
 from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
 from ..precisions import PRECISIONS
 from ..rendering import render_request as rr
+from ..rendering.pipeline_spec import PipelineSpec
 from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .common import CATEGORY, NODE_PREFIX
 from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
 
-HybridPipelineType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
+# The socket carries a PipelineSpec (files + options), not models; its type string is part of saved workflows.
+PipelineSpecType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
 
 NONE_CHOICE = "none"
 
@@ -48,10 +50,9 @@ def _choices(folder: str, optional: bool = False) -> list[str]:
     return ([NONE_CHOICE] if optional else []) + names
 
 
-def _checked_pipeline(pipeline: Any) -> Any:
+def _checked_spec(pipeline: Any) -> PipelineSpec:
     """The ``PipelineSpec`` our loader and LoRA nodes pass on; ComfyUI lets an API graph's constant through instead."""
     from ..errors import InvalidParameterError
-    from ..rendering.hybrid_pipeline import PipelineSpec
 
     if not isinstance(pipeline, PipelineSpec):
         raise InvalidParameterError(
@@ -128,7 +129,7 @@ class HybridPipelineLoader(io.ComfyNode):
                 ),
             ],
             outputs=[
-                HybridPipelineType.Output(display_name="pipeline", tooltip="The warm pipeline, for the Hybrid Sampler.")
+                PipelineSpecType.Output(display_name="pipeline", tooltip="The warm pipeline, for the Hybrid Sampler.")
             ],
         )
 
@@ -145,7 +146,7 @@ class HybridPipelineLoader(io.ComfyNode):
     ) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        from ..rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+        from ..rendering.model_cache import DEFAULT_CACHE
 
         _register_ipadapter_folder()
         spec = PipelineSpec(
@@ -174,7 +175,7 @@ class HybridSampler(io.ComfyNode):
                 "reference image(s) through IP-Adapter."
             ),
             inputs=[
-                HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader."),
+                PipelineSpecType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader."),
                 io.String.Input("prompt", multiline=True, default="", tooltip="What to render."),
                 io.String.Input(
                     "negative_prompt", multiline=True, default="blurry, low quality", tooltip="What to steer away from."
@@ -389,9 +390,9 @@ class HybridSampler(io.ComfyNode):
         import comfy.model_management as mm
 
         from ..errors import RenderInterruptedError
-        from ..rendering.hybrid_pipeline import DEFAULT_CACHE
+        from ..rendering.model_cache import DEFAULT_CACHE
 
-        pipeline = _checked_pipeline(pipeline)
+        spec = _checked_spec(pipeline)
         controls = image_batch_to_arrays(edges, "edges")
         styles = image_batch_to_arrays(style, "style") if style is not None else []
         request = rr.RenderRequest(
@@ -420,7 +421,7 @@ class HybridSampler(io.ComfyNode):
             mask=single_mask(mask),
             inpaint_denoise=inpaint_denoise,
         )
-        hybrid = DEFAULT_CACHE.get(pipeline)  # reloads only if ComfyUI released the models meanwhile
+        hybrid = DEFAULT_CACHE.get(spec)  # reloads only if ComfyUI released the models meanwhile
         register_with_model_management(hybrid)
         try:
             # Every edge map of the batch, in order, batch_size images each (see HybridPipeline.render_batch).
@@ -463,7 +464,7 @@ def pipeline_models() -> ManagedModels:
     ComfyUI's unload releases the engine's cache; a model swap inside the cache drops the entry first (its
     replace listener), so ComfyUI's patcher never keeps the old model alive while the new one loads.
     """
-    from ..rendering.hybrid_pipeline import DEFAULT_CACHE
+    from ..rendering.model_cache import DEFAULT_CACHE
 
     managed = _MANAGED.get("pipeline")
     if managed is None:

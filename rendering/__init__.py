@@ -4,7 +4,9 @@ Plain Python with no ComfyUI imports. Submodules are imported explicitly so that
 the Canny preprocessor never imports diffusers:
 
 - ``canny``, ``lines``: edge maps and one-pixel line maps (numpy/OpenCV/scikit-image only).
-- ``hybrid_pipeline``: the warm pipeline cache and ``render``; ``render_request``: inputs and their checks.
+- ``pipeline_spec``: what the ``pipeline`` socket carries; ``model_cache``: the warm models a spec is loaded into;
+  ``pipeline_assembly``: the diffusers pipeline built over them; ``sampling``: ``render`` and its passes;
+  ``render_request``: inputs and their checks.
 - ``loading``, ``model_files``, ``architectures``: offline loading of single files and diffusers folders
   against the configs shipped in ``configs/``.
 """

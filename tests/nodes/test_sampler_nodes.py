@@ -18,7 +18,8 @@ import torch
 from sketch_rag.errors import InvalidImageError, InvalidParameterError, ModelNotFoundError
 from sketch_rag.nodes.sampler_nodes import HybridPipelineLoader, HybridSampler
 from sketch_rag.rendering import render_request as rr
-from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PipelineSpec
+from sketch_rag.rendering.model_cache import DEFAULT_CACHE
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 pytestmark = pytest.mark.node

@@ -37,7 +37,8 @@ def main() -> None:
 
     from sketch_rag.nodes import retrieval_nodes, sampler_nodes
     from sketch_rag.rendering import loading
-    from sketch_rag.rendering.hybrid_pipeline import DEFAULT_CACHE, PIPELINE_ROLES, PipelineSpec
+    from sketch_rag.rendering.model_cache import DEFAULT_CACHE, PIPELINE_ROLES
+    from sketch_rag.rendering.pipeline_spec import PipelineSpec
     from sketch_rag.retrieval.embedder import ClipEmbedder
 
     def spec(fields: dict[str, str | None]) -> PipelineSpec:

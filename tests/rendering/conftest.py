@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared request builder: render_requests.py

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sketch_rag.errors import InvalidImageError, RenderInterruptedError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 
 STEPS = 2

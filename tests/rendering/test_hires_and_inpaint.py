@@ -10,7 +10,8 @@ import pytest
 import render_requests
 
 from sketch_rag.errors import InvalidImageError, InvalidParameterError, RenderInterruptedError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 
 

@@ -13,7 +13,8 @@ import torch
 from render_requests import STEPS, request
 
 from sketch_rag.errors import RenderInterruptedError
-from sketch_rag.rendering.hybrid_pipeline import PIPELINE_ROLES, PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PIPELINE_ROLES, PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode
 from sketch_rag.tiny_models.sd import CONTROLNET_NAMES, IP_ADAPTER_NAMES
 
@@ -167,7 +168,7 @@ def test_release_frees_the_models_and_the_next_run_reloads(make_spec, edge_image
 
 def test_dtype_auto_is_fp32_on_cpu_fp16_on_cuda_and_fp16_runs(make_spec, edge_image, styles) -> None:
     from sketch_rag.errors import InvalidParameterError
-    from sketch_rag.rendering.hybrid_pipeline import resolve_dtype
+    from sketch_rag.rendering.pipeline_spec import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
 
 UP1 = [f"up_blocks.1.attentions.{i}" for i in range(3)]

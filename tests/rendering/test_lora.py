@@ -14,8 +14,9 @@ import render_requests
 import torch
 
 from sketch_rag.errors import InvalidParameterError, ModelMismatchError, ModelNotFoundError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
 from sketch_rag.rendering.lora import read_lora
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 from sketch_rag.tiny_models import lora as tiny_lora
 from sketch_rag.tiny_models.lora import LORA_NAMES

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from sketch_rag.cli.comfyui_install import install_comfyui
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
 from sketch_rag.tiny_models.lora import LORA_NAMES, write_tiny_loras
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, TINY_TEXT_HIDDEN, build_tiny_sd15

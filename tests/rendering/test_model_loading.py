@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sketch_rag.errors import InvalidImageError, InvalidParameterError, ModelMismatchError, ModelNotFoundError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
 from sketch_rag.rendering.model_files import resolve_model
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IP_ADAPTER_NAMES, build_tiny_sd15
 

@@ -10,7 +10,8 @@ import huggingface_hub.constants as hub_constants
 import pytest
 
 from sketch_rag.rendering import loading
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 
 
 def test_every_model_load_is_offline_and_the_process_setting_is_restored(

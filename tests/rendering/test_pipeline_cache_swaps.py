@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sketch_rag.rendering import hybrid_pipeline, loading
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering import loading, model_cache
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import RenderRequest
 
 ModelRefs = dict[str, "weakref.ReferenceType[Any]"]
@@ -120,7 +121,7 @@ def test_a_new_model_that_reuses_an_old_id_cannot_serve_the_old_pipeline(
     edge_image, styles,
 ) -> None:
     # The worst case of CPython reusing addresses: every object gets the same id().
-    monkeypatch.setattr(hybrid_pipeline, "id", lambda _obj: 0, raising=False)
+    monkeypatch.setattr(model_cache, "id", lambda _obj: 0, raising=False)
     cache = PipelineCache()
     first = cache.get(make_spec())
     first.render(_request(edge_image, styles[0]))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from sketch_rag.errors import InvalidParameterError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.prompt_embeds import CHUNK_TOKENS, MAX_PROMPT_CHUNKS, encode_prompts, encode_text
 from sketch_rag.rendering.render_request import MAX_PROMPT_CHARS, RenderRequest
 

@@ -12,7 +12,8 @@ import torch
 from render_requests import STEPS, request
 
 from sketch_rag.errors import InvalidParameterError
-from sketch_rag.rendering.hybrid_pipeline import PipelineCache, PipelineSpec
+from sketch_rag.rendering.model_cache import PipelineCache
+from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest
 from sketch_rag.rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, SAMPLERS, make_scheduler
 
