@@ -294,6 +294,8 @@ def run(args: argparse.Namespace, carried: list[str], started: float) -> dict[st
     steps = args.steps or (4 if args.tiny else 20)
     repeats = max(2, args.repeats or (2 if args.tiny else 8))  # two halves to compare
     dtype = resolve_dtype(args.dtype, device)
+    if args.tiny and device.type == "cpu":
+        torch.set_num_threads(1)  # tiny layers gain nothing from threads; on a busy CPU each op would wait on them
     print(f"diffusers {diffusers.__version__} from {Path(diffusers.__file__).parent}; carried: {carried or 'none'}")
     diffusers.utils.logging.set_verbosity_error()  # its per-load notes about dtype casts and accelerate
 
