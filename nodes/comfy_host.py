@@ -107,11 +107,6 @@ def _lose(extra: Extra, why: str) -> None:
         log.warning("Sketch RAG goes without %s: %s. Instead: %s.", extra.name, why, extra.without)
 
 
-def lost_extras() -> dict[str, str]:
-    """The extras this process goes without, and why (for diagnostics and tests)."""
-    return dict(_lost)
-
-
 def _module(name: str) -> Any:
     try:
         return importlib.import_module(name)
