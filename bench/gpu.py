@@ -262,6 +262,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default 20; 4 with --tiny")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved pairs, >= 2 (default 8; 2 with --tiny)")
     parser.add_argument("--dtype", default="auto", help="auto: fp16 on CUDA, fp32 on the CPU")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="fewer timed pairs (at least 2) when the warm-up shows they would run past this")
     args = parser.parse_args()
     if args.prepare is not None:
         for wheel in prepare(args.prepare):
@@ -357,7 +359,13 @@ def run(args: argparse.Namespace, carried: list[str], started: float) -> dict[st
         reference.check_images(images)
         return images
 
+    clock = time.perf_counter()
     render_ours(), render_plain()  # warm-up: kernels, allocator, cuDNN algorithm choice
+    pair_s = time.perf_counter() - clock
+    affordable = int((args.budget_s - (time.perf_counter() - started)) / max(pair_s, 1e-3))
+    if affordable < repeats and not args.tiny:
+        repeats = max(2, affordable)  # the whole run stays within --budget-s on a slower GPU
+        print(f"{repeats} timed pairs fit the remaining time budget")
     pair = side_by_side(render_ours, render_plain, device, repeats)
     sides = {"ours": (ours, pair["ours_s"], pair["ours_mem"]), "plain": (reference, pair["plain_s"], pair["plain_mem"])}
     figures = {
