@@ -61,6 +61,7 @@ from ..retrieval.locations import resolve_location
 from ..retrieval.query import MAX_K, StyleMatch, StyleQuery
 from ..retrieval.state import FileRecord
 from ..retrieval.thumbnails import content_hash, thumbnail
+from .comfy_host import max_upload_bytes, route_table
 from .retrieval_nodes import _home, _policy, _user_dir, shared_library
 
 logger = logging.getLogger(__name__)
@@ -310,9 +311,7 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
 
 def upload_limit() -> int:
     """Bytes one upload may have: ComfyUI's own ``--max-upload-size`` (its aiohttp ``client_max_size``)."""
-    from comfy.cli_args import args
-
-    return round(float(args.max_upload_size) * 1024 * 1024)
+    return max_upload_bytes()
 
 
 @dataclass
@@ -489,9 +488,9 @@ def register_routes(routes: web.RouteTableDef | None = None) -> None:
     if _registered:
         return
     if routes is None:
-        from server import PromptServer
-
-        routes = PromptServer.instance.routes
+        routes = route_table()
+        if routes is None:  # no server to serve them (comfy_host logged why); the nodes work without the tab
+            return
     routes.get(f"{PREFIX}/styles")(list_styles)
     routes.post(f"{PREFIX}/styles")(add_styles)
     routes.patch(f"{PREFIX}/styles")(edit_styles)

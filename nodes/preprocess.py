@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from comfy.utils import ProgressBar
 from comfy_api.v0_0_2 import io
 
 from ..errors import InvalidParameterError
@@ -18,6 +17,7 @@ from ..rendering.canny import (
     CannySettings,
     sketch_to_edges,
 )
+from .comfy_host import Progress
 from .common import CATEGORY, NODE_PREFIX
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
@@ -107,7 +107,7 @@ class CannySketchPreprocessor(io.ComfyNode):
             mode=mode,
         )
         sketches = image_batch_to_arrays(image, "image")
-        progress = ProgressBar(len(sketches))
+        progress = Progress(len(sketches))
         edges = []
         for sketch in sketches:
             edges.append(sketch_to_edges(sketch, settings))

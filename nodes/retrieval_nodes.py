@@ -17,8 +17,6 @@ from typing import Any
 import folder_paths
 import numpy as np
 import torch
-from comfy import model_management
-from comfy.utils import ProgressBar
 from comfy_api.v0_0_2 import io, ui
 from PIL import Image, ImageDraw
 
@@ -32,8 +30,8 @@ from ..retrieval.images import square_reference
 from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
 from ..retrieval.locations import LibraryHome, LibraryLocation, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
+from .comfy_host import ManagedModels, Progress, raise_if_interrupted, torch_device
 from .common import CATEGORY, NODE_PREFIX
-from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
 StyleLibraryType = io.Custom("SKETCHRAG_STYLE_LIBRARY")
@@ -102,7 +100,7 @@ def _folder_signature(roots: list[LibraryRoot]) -> str:
 
 
 def _managed_embedder(embedder: ClipEmbedder) -> ClipEmbedder:
-    """Register ``embedder``'s CLIP with ComfyUI's model management, like the SD models (see ``managed_models``).
+    """Register ``embedder``'s CLIP with ComfyUI's model management, like the SD models (``comfy_host.ManagedModels``).
 
     ComfyUI's "Unload models" (``POST /free``) then releases its weights; the libraries keep the embedder,
     which loads the weights again on its next use and registers them anew (its ``on_use`` hook runs before
@@ -133,9 +131,9 @@ def _one_query_image(query_image: torch.Tensor | None) -> np.ndarray | None:
     return images[0]
 
 
-def _progress_callback(bar: ProgressBar) -> Any:
+def _progress_callback(bar: Progress) -> Any:
     def progress(done: int, total: int) -> None:
-        model_management.throw_exception_if_processing_interrupted()
+        raise_if_interrupted()
         bar.update_absolute(done, max(total, 1))
 
     return progress
@@ -212,7 +210,7 @@ class StyleLibraryLoader(io.ComfyNode):
         rebuild_index: bool = False,
     ) -> io.NodeOutput:
         location = resolve_location(library_folder, store, embedding_model, policy=_policy(), home=_home())
-        progress = _progress_callback(ProgressBar(1))
+        progress = _progress_callback(Progress(1))
         return io.NodeOutput(
             shared_library(location, embedding_model, allow_download=allow_download, rebuild=rebuild_index,
                            progress=progress)
@@ -235,7 +233,7 @@ def shared_library(
     node's CLIP and index handle instead of loading a second copy.
     """
     roots, store_dir, chroma_url = list(location.roots), location.store_dir, location.chroma_url
-    device = str(model_management.get_torch_device())
+    device = str(torch_device())
     with _cache_lock:
         model_key = (embedding_model, device)
         if model_key not in _embedders:

@@ -2,7 +2,8 @@
 
 The loader resolves dropdown names through ``folder_paths`` and hands the engine's warm pipeline to the
 sampler as SKETCHRAG_HYBRID_PIPELINE; the sampler converts tensors, wires ComfyUI's progress bar, latent
-preview and interrupt into the engine's callbacks, and lets ComfyUI's model management reclaim the memory.
+preview and interrupt into the engine's callbacks, and lets ComfyUI's model management reclaim the memory
+(each through ``comfy_host``, which goes without whichever of them this ComfyUI lacks).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..precisions import PRECISIONS
 from ..rendering import render_request as rr
 from ..rendering.pipeline_spec import PipelineSpec
 from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from .comfy_host import ManagedModels, interrupt_check, raise_if_interrupted, sampler_progress, torch_device
 from .common import CATEGORY, NODE_PREFIX
-from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
 
 # The socket carries a PipelineSpec (files + options), not models; its type string is part of saved workflows.
@@ -144,8 +145,6 @@ class HybridPipelineLoader(io.ComfyNode):
         attention_slicing: bool = False,
         vae_tiling: bool = False,
     ) -> io.NodeOutput:
-        import comfy.model_management as mm
-
         from ..rendering.model_cache import DEFAULT_CACHE
 
         _register_ipadapter_folder()
@@ -155,7 +154,7 @@ class HybridPipelineLoader(io.ComfyNode):
             ip_adapter=None if ip_adapter == NONE_CHOICE else _full_path(IPADAPTER, ip_adapter),
             image_encoder=None if image_encoder == NONE_CHOICE else _full_path(CLIP_VISION, image_encoder),
             dtype=dtype,
-            device=str(mm.get_torch_device()),
+            device=str(torch_device()),
             attention_slicing=attention_slicing,
             vae_tiling=vae_tiling,
         )
@@ -387,8 +386,6 @@ class HybridSampler(io.ComfyNode):
         mask: torch.Tensor | None = None,
         inpaint_denoise: float = 1.0,
     ) -> io.NodeOutput:
-        import comfy.model_management as mm
-
         from ..errors import RenderInterruptedError
         from ..rendering.model_cache import DEFAULT_CACHE
 
@@ -428,31 +425,13 @@ class HybridSampler(io.ComfyNode):
             images = hybrid.render_batch(
                 request,
                 controls,
-                on_step=comfy_step_callback(num_inference_steps * len(controls)),
-                should_stop=mm.processing_interrupted,
+                on_step=sampler_progress(num_inference_steps * len(controls)),
+                should_stop=interrupt_check(),
             )
         except RenderInterruptedError:
-            mm.throw_exception_if_processing_interrupted()  # ComfyUI's own interrupt exception and message
+            raise_if_interrupted()  # ComfyUI's own interrupt exception and message
             raise
         return io.NodeOutput(arrays_to_image_batch(list(images)))
-
-
-def comfy_step_callback(total: int) -> Any:
-    """ComfyUI's progress bar, with a latent preview, as the engine's per-step callback."""
-    import comfy.latent_formats
-    import comfy.model_management as mm
-    import latent_preview
-    from comfy.utils import ProgressBar
-
-    bar = ProgressBar(total)
-    previewer = latent_preview.get_previewer(mm.get_torch_device(), comfy.latent_formats.SD15())
-
-    def on_step(step: int, steps: int, latents: torch.Tensor) -> None:
-        # diffusers' latents are already scaled by the VAE factor: the space SD15's preview factors expect.
-        preview = previewer.decode_latent_to_preview_image("JPEG", latents[:1].float()) if previewer else None
-        bar.update_absolute(step, steps, preview)
-
-    return on_step
 
 
 _MANAGED: dict[str, ManagedModels] = {}
@@ -480,7 +459,7 @@ def _drop_pipeline_entry(_role: str) -> None:
 
 
 def register_with_model_management(hybrid: Any) -> None:
-    """Let ComfyUI account for and free the warm pipeline's models like its own (see ``managed_models``)."""
+    """Let ComfyUI account for and free the warm pipeline's models like its own (see ``comfy_host.ManagedModels``)."""
     pipe = hybrid.pipe
     parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "controlnet": pipe.controlnet}
     if pipe.image_encoder is not None:
