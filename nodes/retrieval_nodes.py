@@ -257,8 +257,11 @@ def shared_library(
                 roots, embedder, store_dir, chroma_url=chroma_url, rebuild=rebuild, progress=progress
             )
             _libraries[key] = library
-        elif sync:
-            library.sync(progress=progress)
+            return library
+    # Outside the cache lock: a sync of one library must not hold up every other library's requests (the
+    # library serialises its own writers).
+    if sync:
+        library.sync(progress=progress)
     return library
 
 

@@ -24,6 +24,7 @@ Only this module talks to Chroma, so its traps are handled in one place:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
@@ -220,6 +221,10 @@ def _move_store_aside(path: Path, reason: str, notes: list[str] | None) -> None:
         notes.append(note)
 
 
+def _delete_ids(collection: Any, *, ids: list[str]) -> None:
+    collection.delete(ids=ids)
+
+
 @dataclass(frozen=True)
 class Hit:
     item_id: str
@@ -337,11 +342,11 @@ class ChromaIndex:
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         """``fn(collection)`` on this index's collection, on a client no other thread can close meanwhile."""
         for _ in range(3):
-            self.collection  # opens (or reopens after another thread's refresh) outside the gate
+            self._ensure_open()  # opens (or reopens after another thread's refresh) outside the gate
             collection, epoch = self._opened
             with _gate(self.location).shared():
                 if collection is not None and epoch == _epochs.get(str(self.location), 0):
-                    return bounded_call(self._server, what, lambda: fn(collection))
+                    return bounded_call(self._server, what, functools.partial(fn, collection))
         raise LibraryError(
             f"The style index store {self.location} was reopened three times during one call; this is a bug, "
             "please report it with the ComfyUI log."
@@ -390,13 +395,15 @@ class ChromaIndex:
                 return f"its HNSW files for {self.name} cannot be read: {exc}"
         return None
 
-    @property
-    def collection(self) -> Any:
+    def _ensure_open(self) -> None:
         collection, epoch = self._opened
         if collection is None or epoch != _epochs.get(str(self.location), 0):
             self.open()
-            collection = self._opened[0]
-        return collection
+
+    @property
+    def collection(self) -> Any:
+        self._ensure_open()
+        return self._opened[0]
 
     def refresh(self) -> None:
         """Reopen the store from disk, so vectors written by another process become searchable."""
@@ -419,16 +426,21 @@ class ChromaIndex:
             )
         self.delete(ids)
         for start in range(0, len(ids), BATCH):
-            stop = start + BATCH
-            self._call("adding vectors", lambda c, start=start, stop=stop: c.add(
-                ids=list(ids[start:stop]),
-                embeddings=np.ascontiguousarray(vectors[start:stop], dtype=np.float32),
-                metadatas=[dict(m) for m in metadatas[start:stop]],
-            ))
+            part = slice(start, start + BATCH)
+
+            def add(collection: Any, part: slice = part) -> None:
+                collection.add(
+                    ids=list(ids[part]),
+                    embeddings=np.ascontiguousarray(vectors[part], dtype=np.float32),
+                    metadatas=[dict(m) for m in metadatas[part]],
+                )
+
+            self._call("adding vectors", add)
 
     def delete(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), BATCH):
-            self._call("deleting vectors", lambda c, start=start: c.delete(ids=list(ids[start : start + BATCH])))
+            batch = list(ids[start : start + BATCH])
+            self._call("deleting vectors", functools.partial(_delete_ids, ids=batch))
 
     def query(self, vector: np.ndarray, k: int) -> list[Hit]:
         """The ``k`` nearest items by cosine similarity, best first (fewer if the index holds fewer)."""

@@ -356,7 +356,7 @@ class StyleLibrary:
                 suffixes.append(".png")
         relpaths = [_given_relpath(root.path, f) if f else None for f in wanted]
 
-        def write() -> list[str]:
+        def write() -> tuple[list[str], dict[str, FileRecord]]:
             root.path.mkdir(parents=True, exist_ok=True)
             planned: list[str] = []
             taken: set[str] = set()  # names planned in this batch are as taken as those on disk
