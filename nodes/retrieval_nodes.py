@@ -33,6 +33,7 @@ from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
 from ..retrieval.locations import LibraryHome, LibraryLocation, library_roots, resolve_location, store_location
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from .common import CATEGORY, NODE_PREFIX
+from .input_checks import unknown_options
 from .managed_models import ManagedModels
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
@@ -204,6 +205,10 @@ class StyleLibraryLoader(io.ComfyNode):
         except SketchRagError as exc:
             return f"refused: {exc}"  # nothing is walked; execute raises the same error for the user
         return _folder_signature(roots)
+
+    @classmethod
+    def validate_inputs(cls, embedding_model: str | None = None) -> bool | str:
+        return unknown_options(cls, embedding_model=embedding_model)
 
     @classmethod
     def execute(

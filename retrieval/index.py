@@ -341,16 +341,15 @@ class ChromaIndex:
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         """``fn(collection)`` on this index's collection, on a client no other thread can close meanwhile."""
-        for _ in range(3):
-            self._ensure_open()  # opens (or reopens after another thread's refresh) outside the gate
+        self._ensure_open()  # outside the gate: an open that finds a damaged store heals it (exclusively)
+        with _gate(self.location).shared():
             collection, epoch = self._opened
-            with _gate(self.location).shared():
-                if collection is not None and epoch == _epochs.get(str(self.location), 0):
-                    return bounded_call(self._server, what, functools.partial(fn, collection))
-        raise LibraryError(
-            f"The style index store {self.location} was reopened three times during one call; this is a bug, "
-            "please report it with the ComfyUI log."
-        )
+            if collection is None or epoch != _epochs.get(str(self.location), 0):
+                # Another thread reopened the client meanwhile; inside the gate no one can again, so one
+                # open here gives a collection that stays valid for the call (its failure is reported as is).
+                self.open()
+                collection = self._opened[0]
+            return bounded_call(self._server, what, functools.partial(fn, collection))
 
     def heal(self, error: BaseException | None = None) -> bool:
         """After ``error`` from this store: if it is damaged, move it aside and start a new one. True if reopened.
