@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geometry import COLOURS, GeometryEmbedder, solid
+from PIL import Image
 
 from sketch_rag.errors import StoreUnavailableError
 from sketch_rag.retrieval import chroma_http, folder
+from sketch_rag.retrieval.embedder import ClipEmbedder
 from sketch_rag.retrieval.folder import LibraryRoot, iter_image_files
 from sketch_rag.retrieval.index import ChromaIndex
 from sketch_rag.retrieval.library import StyleLibrary, open_library
@@ -211,3 +213,31 @@ def test_adds_answer_with_what_they_added_while_other_threads_read(library: Styl
             reader.join(30)
     assert not errors, errors[:3]
     assert len(library.entries()) == len(COLOURS) + 8
+
+
+def test_clip_used_from_many_threads_gives_the_vectors_it_gives_alone(tiny_clip: ClipEmbedder) -> None:
+    images = [Image.fromarray(np.full((32, 32, 3), 40 * n, dtype=np.uint8)) for n in range(4)]
+    texts = [f"style number {n}" for n in range(4)]
+    alone_images, alone_texts = tiny_clip.embed_images(images), tiny_clip.embed_texts(texts)
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        try:
+            for n in range(3):
+                results.append((tiny_clip.embed_images(images), tiny_clip.embed_texts(texts)))
+                if n == 0:
+                    tiny_clip.release()  # ComfyUI's "free memory" meanwhile: the next call loads the weights again
+        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:3]
+    assert len(results) == 9
+    for got_images, got_texts in results:
+        np.testing.assert_allclose(got_images, alone_images, atol=1e-5)
+        np.testing.assert_allclose(got_texts, alone_texts, atol=1e-5)
