@@ -8,8 +8,8 @@ Styles are named by id and looked up among the library's records, never opened a
 ``..``, absolute path or encoded traversal reaches a file. The contract the tab codes against is
 written in ``/work/prompts/library_api.md`` and the README's "Style Library tab" section.
 
-Engine calls block (CLIP, Chroma, file I/O), so each runs in a worker thread, never on ComfyUI's
-event loop. Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
+Engine calls block (CLIP, Chroma, file I/O), so each runs on a thread of the routes' own pools
+(:data:`READS`, :data:`WRITES`), never on ComfyUI's event loop, and reads never queue behind writes. Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
 ``--max-upload-size``), and all uploads together may stage at most :data:`STAGING_UPLOADS`
 times that (the one over is answered 503 with Retry-After); they are decoded with the pack's image
 checks before the library is touched, and the staged files are removed whatever happens.
@@ -35,9 +35,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import folder_paths
@@ -96,9 +97,17 @@ STAGING_UPLOADS = 2
 RETRY_AFTER_S = 5
 """What a client refused for a full staging area is told to wait before trying again."""
 
+READS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sketch_rag_read")
+"""Threads of the reading routes (list, thumbnails, images, search): enough that a screenful of thumbnails from
+several users does not queue, and their own, so they never wait behind ComfyUI's default pool (six threads on a
+two-core machine) or behind writes waiting for the write lock."""
+WRITES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sketch_rag_write")
+"""Threads of the writing routes; they take turns on the write lock anyway."""
+
 _write_lock = threading.Lock()
 """Additions, edits and removals from the tab one at a time (the library's file lock covers other processes)."""
 _registered = False
+T = TypeVar("T")
 
 
 class StagingBudget:
@@ -211,6 +220,11 @@ def style_json(record: FileRecord, library: StyleLibrary, params: LibraryParams)
         "thumbnail": f"{PREFIX}/thumbnail?{urlencode(query)}",
         "image": f"{PREFIX}/image?{urlencode(query)}",
     }
+
+
+async def in_thread(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    """``fn()`` on one of ``pool``'s threads (engine calls block: CLIP, Chroma, file I/O), never on the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -338,7 +352,7 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
             "skipped": [{"id": r.item_id, "error": r.error} for r in records if r.error is not None],
         }
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(READS, work))
 
 
 def _served_file(params: LibraryParams, item_id: str, policy: AccessPolicy) -> tuple[Path, bytes, str]:
@@ -364,7 +378,7 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
         cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
         return thumbnail(path, sha256, cache, data=data), sha256
 
-    thumb, sha256 = await asyncio.to_thread(work)
+    thumb, sha256 = await in_thread(READS, work)
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
     return web.FileResponse(thumb, headers={"Cache-Control": cache, "Content-Type": "image/jpeg",
                                             "X-Content-Type-Options": "nosniff"})
@@ -374,7 +388,7 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 async def get_image(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
     item_id = _required_id(request.query)
-    path, data, sha256 = await asyncio.to_thread(_served_file, params, item_id, _policy())
+    path, data, sha256 = await in_thread(READS, lambda: _served_file(params, item_id, _policy()))
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return web.Response(body=data, content_type=content_type,
@@ -422,7 +436,7 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
         return {"results": [_result_json(m, m.record, library, params) for m in matches if m.record is not None],
                 "ms": elapsed}
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(READS, work))
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -560,7 +574,7 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
         return writable_library(params, policy), policy
 
     # A library this caller may not write is refused before a byte of the upload is read.
-    library, policy = await asyncio.to_thread(writable)
+    library, policy = await in_thread(READS, writable)
     staging_root = Path(folder_paths.get_temp_directory())
     staging_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="sketch_rag_upload_", dir=staging_root))
@@ -588,7 +602,7 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
         finally:
             remove_staged()  # here, not in the handler: a client gone meanwhile must not pull the files away
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 @json_errors
@@ -606,7 +620,7 @@ async def edit_styles(request: web.Request) -> web.StreamResponse:
             record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=policy)
         return {"style": style_json(record, library, params)}
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 @json_errors
@@ -625,7 +639,7 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
             "files": [f.relative_to(user).as_posix() for f in trashed.files],
         }
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 def register_routes(routes: web.RouteTableDef | None = None) -> None:
