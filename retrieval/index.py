@@ -108,6 +108,10 @@ class _Gate:
                     self._users -= 1
                     self._cond.notify_all()
 
+    def inside(self) -> bool:
+        """Whether this thread is inside a call (holds the gate shared and not exclusively)."""
+        return bool(getattr(self._local, "depth", 0)) and self._owner != threading.get_ident()
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         me = threading.get_ident()
@@ -341,15 +345,23 @@ class ChromaIndex:
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         """``fn(collection)`` on this index's collection, on a client no other thread can close meanwhile."""
-        self._ensure_open()  # outside the gate: an open that finds a damaged store heals it (exclusively)
-        with _gate(self.location).shared():
-            collection, epoch = self._opened
-            if collection is None or epoch != _epochs.get(str(self.location), 0):
-                # Another thread reopened the client meanwhile; inside the gate no one can again, so one
-                # open here gives a collection that stays valid for the call (its failure is reported as is).
-                self.open()
-                collection = self._opened[0]
-            return bounded_call(self._server, what, functools.partial(fn, collection))
+        for last in (False, True):
+            self._ensure_open()  # outside the gate: an open that finds a damaged store heals it (exclusively)
+            with _gate(self.location).shared():
+                collection, epoch = self._opened
+                if collection is None or epoch != _epochs.get(str(self.location), 0):
+                    # Another thread reopened the client meanwhile; inside the gate no one can again, so one
+                    # open here gives a collection that stays valid for the call. It cannot heal in here: if it
+                    # fails, the next round opens (and heals) outside the gate.
+                    try:
+                        self.open()
+                    except Exception:
+                        if last:
+                            raise
+                        continue
+                    collection = self._opened[0]
+                return bounded_call(self._server, what, functools.partial(fn, collection))
+        raise AssertionError("unreachable: the last round returns or raises")
 
     def heal(self, error: BaseException | None = None) -> bool:
         """After ``error`` from this store: if it is damaged, move it aside and start a new one. True if reopened.
@@ -362,6 +374,8 @@ class ChromaIndex:
         if is_url(self.location):
             return False
         path, key = Path(self.location), str(self.location)
+        if _gate(key).inside():
+            return False  # inside a call on the client, which cannot be closed now; the caller heals outside
         with _gate(key).exclusive(), _clients_lock:
             opened = _identities.get(key)
             _close_client(key)

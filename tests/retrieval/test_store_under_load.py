@@ -23,12 +23,13 @@ import pytest
 from geometry import COLOURS, GeometryEmbedder, solid
 from PIL import Image
 
-from sketch_rag.errors import StoreUnavailableError
+from sketch_rag.errors import AccessDeniedError, StoreUnavailableError, StyleNotFoundError
 from sketch_rag.retrieval import chroma_http, folder
 from sketch_rag.retrieval.embedder import ClipEmbedder
 from sketch_rag.retrieval.folder import LibraryRoot, iter_image_files
 from sketch_rag.retrieval.index import ChromaIndex
 from sketch_rag.retrieval.library import StyleLibrary, open_library
+from sketch_rag.retrieval.library_edits import read_style
 from sketch_rag.retrieval.query import StyleQuery
 
 LIMIT_S = 1.0
@@ -241,3 +242,26 @@ def test_clip_used_from_many_threads_gives_the_vectors_it_gives_alone(tiny_clip:
     for got_images, got_texts in results:
         np.testing.assert_allclose(got_images, alone_images, atol=1e-5)
         np.testing.assert_allclose(got_texts, alone_texts, atol=1e-5)
+
+
+def test_style_files_are_read_without_following_any_link(library: StyleLibrary, colour_folder: Path,
+                                                         tmp_path: Path) -> None:
+    solid(colour_folder / "sub" / "deep.png", (0.2, 0.4, 0.6))
+    library.sync()
+    records = library.synced_records()
+    assert read_style(library, records["sub/deep.png"]).data == (colour_folder / "sub" / "deep.png").read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(colour_folder / "sub", elsewhere)
+    # Swapped after the sync (and after any check a caller made): a file link, a folder link, a FIFO.
+    (colour_folder / "red.png").unlink()
+    (colour_folder / "red.png").symlink_to(colour_folder / "green.png")  # even a link inside the folder
+    shutil.rmtree(colour_folder / "sub")
+    (colour_folder / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (colour_folder / "blue.png").unlink()
+    os.mkfifo(colour_folder / "blue.png")
+    for item_id in ("red.png", "sub/deep.png", "blue.png"):
+        with pytest.raises(AccessDeniedError):
+            read_style(library, records[item_id])
+    (colour_folder / "green.png").unlink()
+    with pytest.raises(StyleNotFoundError):
+        read_style(library, records["green.png"])
