@@ -9,7 +9,8 @@ Styles are named by id and looked up among the library's records, never opened a
 written in ``/work/prompts/library_api.md`` and the README's "Style Library tab" section.
 
 Engine calls block (CLIP, Chroma, file I/O), so each runs on a thread of the routes' own pools
-(:data:`READS`, :data:`WRITES`), never on ComfyUI's event loop, and reads never queue behind writes. Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
+(:data:`READS`, :data:`WRITES`), never on ComfyUI's event loop, and reads never queue behind writes.
+Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
 ``--max-upload-size``), and all uploads together may stage at most :data:`STAGING_UPLOADS`
 times that (the one over is answered 503 with Retry-After); they are decoded with the pack's image
 checks before the library is touched, and the staged files are removed whatever happens.
@@ -67,6 +68,7 @@ from ..retrieval.library_edits import (
     checked_tags,
     edit_style,
     find_style,
+    open_style,
     read_style,
     root_of,
     trash_style,
@@ -74,7 +76,7 @@ from ..retrieval.library_edits import (
 from ..retrieval.locations import resolve_location
 from ..retrieval.query import MAX_K, StyleMatch, StyleQuery
 from ..retrieval.state import FileRecord
-from ..retrieval.thumbnails import thumbnail
+from ..retrieval.thumbnails import thumbnail, thumbnail_path
 from .retrieval_nodes import _home, _policy, _user_dir, shared_library
 
 logger = logging.getLogger(__name__)
@@ -374,9 +376,21 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
     def work() -> tuple[Path, str]:
         policy = _policy()
-        path, data, sha256 = _served_file(params, item_id, policy)
+        library = open_library_for(params, policy, sync=False)
+        record = find_style(library, item_id)
+        policy.readable(root_of(library, record).path, input_name=f"folder of the style {item_id!r}",
+                        base=library.path_of(record).parent)
         cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
-        return thumbnail(path, sha256, cache, data=data), sha256
+        with open_style(library, record) as opened:  # no link followed, even for a cached thumbnail
+            info = os.fstat(opened.fileno())
+            if (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns):
+                cached = thumbnail_path(cache, record.sha256)
+                if cached.is_file():
+                    return cached, record.sha256  # the common case: no byte of the image is read
+            data = opened.read()
+        same = (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns)
+        sha256 = record.sha256 if same else hashlib.sha256(data).hexdigest()
+        return thumbnail(library.path_of(record), sha256, cache, data=data), sha256
 
     thumb, sha256 = await in_thread(READS, work)
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..access import AccessPolicy
 from ..errors import AccessDeniedError, LibraryError, StyleNotFoundError
@@ -125,14 +125,21 @@ class StyleBytes:
 
 
 def read_style(library: StyleLibrary, record: FileRecord) -> StyleBytes:
-    """The image of ``record``, read without following any link from its library folder down to the file.
+    """The image of ``record``, read through :func:`open_style` (no link followed on the way)."""
+    with open_style(library, record) as opened:
+        info = os.fstat(opened.fileno())
+        return StyleBytes(opened.read(MAX_STYLE_BYTES + 1), info.st_size, info.st_mtime_ns)
+
+
+def open_style(library: StyleLibrary, record: FileRecord) -> BinaryIO:
+    """The image file of ``record``, opened without following any link from its library folder down to it.
 
     Each folder on the way is opened relative to the one before with ``O_NOFOLLOW`` and the file's own
     handle is checked (``fstat``) to be a regular file, so a link or other file swapped in after any
-    earlier check is refused, not read: nothing outside the library is ever served.
+    earlier check is refused, not read: nothing outside the library is ever served. The caller closes it.
 
     Raises:
-        AccessDeniedError: a link (or a folder that became a link) on the way, or not a regular file.
+        AccessDeniedError: a link (or a folder that became a link) on the way, not a regular file, or too large.
         StyleNotFoundError: the file is gone since the last sync.
     """
     root = root_of(library, record)
@@ -160,16 +167,13 @@ def read_style(library: StyleLibrary, record: FileRecord) -> StyleBytes:
         ) from exc
     finally:
         os.close(folder)
-    with os.fdopen(handle, "rb") as opened:
-        info = os.fstat(opened.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise AccessDeniedError(f"The style {record.item_id!r} is not a regular file; only image files are read.")
-        if info.st_size > MAX_STYLE_BYTES:
-            raise AccessDeniedError(
-                f"The image of style {record.item_id!r} is {info.st_size} bytes, over the {MAX_STYLE_BYTES} served."
-            )
-        data = opened.read(MAX_STYLE_BYTES + 1)
-    return StyleBytes(data, info.st_size, info.st_mtime_ns)
+    opened = os.fdopen(handle, "rb")
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STYLE_BYTES:
+        opened.close()
+        what = "is not a regular file" if not stat.S_ISREG(info.st_mode) else f"is over {MAX_STYLE_BYTES} bytes"
+        raise AccessDeniedError(f"The style {record.item_id!r} {what}; only image files are served.")
+    return opened
 
 
 def _writable_root(library: StyleLibrary, record: FileRecord, action: str) -> LibraryRoot:

@@ -11,6 +11,7 @@ benchmark's (figures, not tests); their values are printed here.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def test_a_team_at_once_for_45_s_loses_nothing_and_gets_no_server_error(
 ) -> None:
     server = Server(comfy_server.url, comfy_server.process.pid, comfy_base_dir / "comfyui.log", comfy_base_dir)
     figures = run_load(server, SOAK_S, BATCH_JOBS, example_sketches[:2], tmp_path)
-    print(json.dumps({k: figures[k] for k in ("routes", "statuses", "rss_mb", "search_p95_ratio")}))
+    logging.getLogger(__name__).info("soak figures: %s", json.dumps(
+        {k: figures[k] for k in ("routes", "statuses", "rss_mb", "search_p95_ratio")}))
     targets = figures["targets"]
     assert targets["no_5xx"], figures["server_errors"]
     assert targets["bad_input_answered"], figures["bad_input"]
