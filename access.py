@@ -54,6 +54,7 @@ URLS_KEY = "allowed_store_urls"
 MAX_CONFIG_BYTES = 1 << 20
 """A config file larger than this is refused rather than parsed (it is a short hand-written list)."""
 SHIPPED_SOURCE = "the shipped style library (pack updates replace it)"
+COMFYUI_SOURCE = "ComfyUI's folders"
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4000
 """Limits of common file systems (a name; a whole path, under Linux's 4096), checked so the error is ours."""
@@ -113,7 +114,7 @@ class AccessPolicy:
         """
         config_path = Path(user_dir) / CONFIG_FOLDER / CONFIG_NAME
         config = load_config(config_path)
-        roots = [AllowedRoot(_resolved(p), True, "ComfyUI's folders") for p in writable]
+        roots = [AllowedRoot(_resolved(p), True, COMFYUI_SOURCE) for p in writable]
         roots += [AllowedRoot(_resolved(p), False, SHIPPED_SOURCE, locked=True) for p in read_only]
         return cls(
             roots=(*roots, *config.folders),
@@ -165,6 +166,19 @@ class AccessPolicy:
             return False
         root = self._root_of(path)
         return self.unrestricted if root is None else root.writable
+
+    def listed_writable(self, path: Path) -> bool:
+        """Whether an already resolved path lies in a folder the config file lists as writable (and may be written).
+
+        The Style Library routes write only into such folders and Sketch RAG's own libraries, not into
+        whatever ComfyUI folder a caller names (input/, output/).
+        """
+        root = self._root_of(path)
+        return root is not None and root.source not in (COMFYUI_SOURCE, SHIPPED_SOURCE) and self.can_write(path)
+
+    def listed_folders(self) -> tuple[Path, ...]:
+        """The folders the config file lists (for callers that must not show them to a remote client)."""
+        return tuple(r.path for r in self.roots if r.source not in (COMFYUI_SOURCE, SHIPPED_SOURCE))
 
     def _root_of(self, path: Path) -> AllowedRoot | None:
         """The deepest allowed root holding ``path`` (a read-only folder inside a writable one wins)."""

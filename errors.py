@@ -63,3 +63,11 @@ class StyleNotFoundError(LibraryError, LookupError):
 
 class UploadTooLargeError(InvalidParameterError):
     """An upload (or a request body) larger than the server accepts; refused before it is read to the end."""
+
+
+class StoreUnavailableError(LibraryError):
+    """A Chroma server that accepted a call and did not answer in time; the message names the server."""
+
+
+class ServerBusyError(SketchRagError):
+    """A request refused for now because the server is at a limit shared by all clients (try again shortly)."""

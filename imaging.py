@@ -8,6 +8,7 @@ what cannot be used.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -110,25 +111,30 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(image, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_image(path: str | os.PathLike[str], decode: Callable[[Image.Image], T], what: str = "image") -> T:
+def decode_image(
+    path: str | os.PathLike[str], decode: Callable[[Image.Image], T], what: str = "image", *,
+    data: bytes | None = None,
+) -> T:
     """Open an image file, check its size before any pixel is decoded, and run ``decode`` on it.
 
     The one place that turns every way a file can be unusable into an ``InvalidImageError``
-    naming the file and the fix; callers only say how they want the pixels.
+    naming the file and the fix; callers only say how they want the pixels. With ``data``, those
+    bytes are decoded instead of reading ``path`` (a caller that opened the file itself, without
+    following links, say); ``path`` then only names it in messages.
 
     Raises:
         InvalidImageError: the file is missing, empty, corrupt, of an unsupported format or too big.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise InvalidImageError(f"No {what} file at {path}; check the path.")
-    if path.stat().st_size == 0:
+    if (len(data) if data is not None else path.stat().st_size) == 0:
         raise InvalidImageError(f"The {what} file {path} is empty (0 bytes); export the image again.")
     try:
         with warnings.catch_warnings():
             # Our own size limit (checked before decoding) is the one that applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(io.BytesIO(data) if data is not None else path) as opened:
                 check_image_size(opened.height, opened.width, f"{what} {path.name}")
                 return decode(opened)
     except Image.DecompressionBombError as exc:

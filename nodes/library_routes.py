@@ -8,29 +8,42 @@ Styles are named by id and looked up among the library's records, never opened a
 ``..``, absolute path or encoded traversal reaches a file. The contract the tab codes against is
 written in ``/work/prompts/library_api.md`` and the README's "Style Library tab" section.
 
-Engine calls block (CLIP, Chroma, file I/O), so each runs in a worker thread, never on ComfyUI's
-event loop. Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
-``--max-upload-size``) and decoded with the pack's image checks before the library is touched.
+Engine calls block (CLIP, Chroma, file I/O), so each runs on a thread of the routes' own pools
+(:data:`READS`, :data:`WRITES`), never on ComfyUI's event loop, and reads never queue behind writes.
+Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
+``--max-upload-size``), and all uploads together may stage at most :data:`STAGING_UPLOADS`
+times that (the one over is answered 503 with Retry-After); they are decoded with the pack's image
+checks before the library is touched, and the staged files are removed whatever happens.
+
+Reads follow the allowed-roots rule; writes (add, edit, trash) go only to library folders: the
+libraries under ``user/sketch_rag`` and folders the config file lists as writable, never any other
+ComfyUI folder. Style files are read without following links (:func:`read_style`). Answers never
+carry server paths: ComfyUI's folders are named as such (``<user>/...``) and other paths hidden.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 import logging
+import mimetypes
+import os
 import posixpath
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import folder_paths
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, ClientPayloadError, web
 
 from ..access import AccessPolicy
 from ..errors import (
@@ -39,7 +52,9 @@ from ..errors import (
     InvalidParameterError,
     LibraryError,
     LibraryModelMismatchError,
+    ServerBusyError,
     SketchRagError,
+    StoreUnavailableError,
     StyleNotFoundError,
     UploadTooLargeError,
 )
@@ -47,20 +62,21 @@ from ..imaging import decode_image
 from ..retrieval.file_names import numbered_names
 from ..retrieval.folder import default_name
 from ..retrieval.images import EMBED_SIDE, open_rgb
-from ..retrieval.library import StyleLibrary
+from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary
 from ..retrieval.library_edits import (
     checked_name,
     checked_tags,
     edit_style,
     find_style,
+    open_style,
+    read_style,
     root_of,
-    style_file,
     trash_style,
 )
 from ..retrieval.locations import resolve_location
 from ..retrieval.query import MAX_K, StyleMatch, StyleQuery
 from ..retrieval.state import FileRecord
-from ..retrieval.thumbnails import content_hash, thumbnail
+from ..retrieval.thumbnails import thumbnail, thumbnail_path
 from .comfy_host import max_upload_bytes, route_table
 from .retrieval_nodes import _home, _policy, _user_dir, shared_library
 
@@ -79,10 +95,51 @@ UPLOAD_CHUNK = 1 << 16
 UPLOAD_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
 """Pillow formats a library takes, and the extension the saved file gets (never the client's)."""
 IMMUTABLE = "public, max-age=31536000, immutable"
+STAGING_UPLOADS = 2
+"""All uploads together may stage this many times ComfyUI's ``--max-upload-size`` in the temp folder."""
+RETRY_AFTER_S = 5
+"""What a client refused for a full staging area is told to wait before trying again."""
+
+READS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sketch_rag_read")
+"""Threads of the reading routes (list, thumbnails, images, search): enough that a screenful of thumbnails from
+several users does not queue, and their own, so they never wait behind ComfyUI's default pool (six threads on a
+two-core machine) or behind writes waiting for the write lock."""
+WRITES = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sketch_rag_write")
+"""Threads of the writing routes; they take turns on the write lock anyway."""
 
 _write_lock = threading.Lock()
 """Additions, edits and removals from the tab one at a time (the library's file lock covers other processes)."""
 _registered = False
+T = TypeVar("T")
+
+
+class StagingBudget:
+    """Bytes staged by all uploads in flight, under one cap: a burst of uploads cannot fill the temp folder."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.staged = 0
+
+    def take(self, count: int, cap: int) -> None:
+        """Count ``count`` more staged bytes, or refuse them (ServerBusyError) if the total would pass ``cap``."""
+        with self._lock:
+            if self.staged + count > cap:
+                raise ServerBusyError(
+                    f"The server is receiving other uploads ({cap} bytes in all at most); try again in "
+                    f"{RETRY_AFTER_S} s."
+                )
+            self.staged += count
+
+    def give_back(self, count: int) -> None:
+        with self._lock:
+            self.staged -= count
+
+
+staging_budget = StagingBudget()
+
+
+class UploadInterruptedError(InvalidParameterError):
+    """The client stopped sending the body part-way (disconnected, or a truncated request)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +176,41 @@ def open_library_for(params: LibraryParams, policy: AccessPolicy, *, sync: bool)
     return shared_library(location, params.model.strip() or location.model, sync=sync)
 
 
+def writable_library(params: LibraryParams, policy: AccessPolicy) -> StyleLibrary:
+    """The library for a write route, refused unless every folder it writes is a library folder.
+
+    Library folders are Sketch RAG's own (``user/sketch_rag/styles`` and ``user/sketch_rag/libraries/...``)
+    and those the config file lists as writable; any other writable ComfyUI folder (``input/``,
+    ``output/``) is readable through the routes but never changed by them.
+
+    Raises:
+        AccessDeniedError: a library with no writable folder, or one outside the library folders.
+    """
+    library = open_library_for(params, policy, sync=False)
+    try:
+        library.write_root()
+    except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
+        raise AccessDeniedError(str(exc)) from exc
+    if not in_write_scope(library, policy):
+        raise AccessDeniedError(
+            f"The library {params.library!r} is not a style library folder, so the Style Library tab does not change "
+            "it: styles are added, edited and removed only in user/sketch_rag/styles, user/sketch_rag/libraries/"
+            "<name>, and folders listed with \"writable\": true under allowed_folders in "
+            "user/sketch_rag/config.json. Copy the images into such a library, or list the folder there."
+        )
+    return library
+
+
+def in_write_scope(library: StyleLibrary, policy: AccessPolicy) -> bool:
+    """Whether every writable folder of ``library`` is a library folder the routes may change."""
+    home = Path(os.path.realpath(_user_dir()))
+    for root in (r for r in library.roots if r.writable):
+        path = Path(os.path.realpath(root.path))
+        if not (path == home / "styles" or path.is_relative_to(home / "libraries") or policy.listed_writable(path)):
+            return False
+    return True
+
+
 def style_json(record: FileRecord, library: StyleLibrary, params: LibraryParams) -> dict[str, Any]:
     """One style as the tab shows it; its URLs carry the library parameters and a content-hash ``v``."""
     query = {**params.query(), "id": record.item_id, "v": record.sha256[:16]}
@@ -133,8 +225,40 @@ def style_json(record: FileRecord, library: StyleLibrary, params: LibraryParams)
     }
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+async def in_thread(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    """``fn()`` on one of ``pool``'s threads (engine calls block: CLIP, Chroma, file I/O), never on the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": public_message(message)}, status=status, headers=headers)
+
+
+def public_message(message: str) -> str:
+    """``message`` with server paths replaced: ComfyUI's folders by their role, any other listed folder hidden.
+
+    A remote client of a shared ComfyUI knows the folders by their role (``<user>``, ``<input>``); where
+    they live on the server, and which other folders the config lists, is not theirs to learn.
+    """
+    named: dict[str, str] = {}
+    try:
+        named.update({
+            folder_paths.get_user_directory(): "<user>", folder_paths.get_input_directory(): "<input>",
+            folder_paths.get_output_directory(): "<output>", folder_paths.get_temp_directory(): "<temp>",
+            folder_paths.models_dir: "<models>", str(SHIPPED_LIBRARY): "<shipped styles>",
+            folder_paths.base_path: "<ComfyUI>", str(Path(__file__).resolve().parents[1]): "<sketch_rag>",
+        })
+        named.update({str(p): "<listed folder>" for p in _policy().listed_folders()})
+    except SketchRagError:
+        pass  # a broken config file: ComfyUI's own folders are still replaced
+    variants = {}
+    for path, label in named.items():
+        for form in {path, os.path.realpath(path), os.path.abspath(path)}:
+            variants[form.rstrip("/")] = label
+    for path in sorted(variants, key=len, reverse=True):
+        if len(path) > 1:
+            message = message.replace(path, variants[path])
+    return message
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -149,6 +273,13 @@ def json_errors(handler: Handler) -> Handler:
             return await handler(request)
         except web.HTTPException:
             raise
+        except ServerBusyError as exc:
+            return _error(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+        except StoreUnavailableError as exc:
+            return _error(503, str(exc))
+        except UploadInterruptedError as exc:
+            logger.info("Style Library route %s %s: %s", request.method, request.path, exc)
+            return _error(400, str(exc))
         except StyleNotFoundError as exc:
             return _error(404, str(exc))
         except AccessDeniedError as exc:
@@ -182,10 +313,13 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
             f"The request body is {request.content_length} bytes; this route takes at most {limit}."
         )
     data = bytearray()
-    while chunk := await request.content.read(UPLOAD_CHUNK):
-        data += chunk
-        if len(data) > limit:
-            raise UploadTooLargeError(f"The request body is over {limit} bytes; this route takes at most {limit}.")
+    try:
+        while chunk := await request.content.read(UPLOAD_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise UploadTooLargeError(f"The request body is over {limit} bytes; this route takes at most {limit}.")
+    except (ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise UploadInterruptedError(f"The request body was cut off ({type(exc).__name__}); send it again.") from exc
     return bytes(data)
 
 
@@ -209,26 +343,31 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
 
     def work() -> dict[str, Any]:
         policy = _policy()
-        library = open_library_for(params, policy, sync=True)  # a sync picks up files dropped into the folder by hand
+        library = open_library_for(params, policy, sync=False)
+        library.sync_if_changed()  # picks up files dropped into the folder by hand; one stat per folder if none
         records = library.entries()
         good = [r for r in records if r.error is None]
         return {
             "styles": [style_json(r, library, params) for r in good],
             "tags": sorted({t for r in good for t in r.meta.tags}),
-            "writable": any(r.writable for r in library.roots),
+            "writable": any(r.writable for r in library.roots) and in_write_scope(library, policy),
             "count": len(good),
             "skipped": [{"id": r.item_id, "error": r.error} for r in records if r.error is not None],
         }
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(READS, work))
 
 
-def _served_file(params: LibraryParams, item_id: str, policy: AccessPolicy) -> tuple[Path, FileRecord]:
+def _served_file(params: LibraryParams, item_id: str, policy: AccessPolicy) -> tuple[Path, bytes, str]:
+    """(path, bytes, content sha256) of a style's image, read without following links (see :func:`read_style`)."""
     library = open_library_for(params, policy, sync=False)
     record = find_style(library, item_id)
-    path = style_file(library, record)
-    policy.readable(path, input_name=f"image of the style {item_id!r}", base=path.parent)
-    return path, record
+    path = library.path_of(record)
+    policy.readable(root_of(library, record).path, input_name=f"folder of the style {item_id!r}", base=path.parent)
+    read = read_style(library, record)
+    same = (read.size, read.mtime_ns) == (record.size, record.mtime_ns)
+    # A file changed since the last sync never gets the old content's hash (nor its cached thumbnail).
+    return path, read.data, record.sha256 if same else hashlib.sha256(read.data).hexdigest()
 
 
 @json_errors
@@ -238,12 +377,23 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
     def work() -> tuple[Path, str]:
         policy = _policy()
-        path, record = _served_file(params, item_id, policy)
-        sha256 = content_hash(path, record)
+        library = open_library_for(params, policy, sync=False)
+        record = find_style(library, item_id)
+        policy.readable(root_of(library, record).path, input_name=f"folder of the style {item_id!r}",
+                        base=library.path_of(record).parent)
         cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
-        return thumbnail(path, sha256, cache), sha256
+        with open_style(library, record) as opened:  # no link followed, even for a cached thumbnail
+            info = os.fstat(opened.fileno())
+            if (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns):
+                cached = thumbnail_path(cache, record.sha256)
+                if cached.is_file():
+                    return cached, record.sha256  # the common case: no byte of the image is read
+            data = opened.read()
+        same = (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns)
+        sha256 = record.sha256 if same else hashlib.sha256(data).hexdigest()
+        return thumbnail(library.path_of(record), sha256, cache, data=data), sha256
 
-    thumb, sha256 = await asyncio.to_thread(work)
+    thumb, sha256 = await in_thread(READS, work)
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
     return web.FileResponse(thumb, headers={"Cache-Control": cache, "Content-Type": "image/jpeg",
                                             "X-Content-Type-Options": "nosniff"})
@@ -253,14 +403,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 async def get_image(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
     item_id = _required_id(request.query)
-
-    def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id, _policy())
-        return path, content_hash(path, record)
-
-    path, sha256 = await asyncio.to_thread(work)
+    path, data, sha256 = await in_thread(READS, lambda: _served_file(params, item_id, _policy()))
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
-    return web.FileResponse(path, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return web.Response(body=data, content_type=content_type,
+                        headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
 
 
 def _search_query(body: Mapping[str, Any]) -> StyleQuery:
@@ -300,10 +447,11 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
         start = time.perf_counter()
         matches = library.query(query)  # the CLIP Style Retriever's own call: the same ranking
         elapsed = (time.perf_counter() - start) * 1000
-        records = library.synced_records()
-        return {"results": [_result_json(m, records[m.item_id], library, params) for m in matches], "ms": elapsed}
+        # Each match carries the record it was ranked from: a sync since then cannot make its lookup fail.
+        return {"results": [_result_json(m, m.record, library, params) for m in matches if m.record is not None],
+                "ms": elapsed}
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(READS, work))
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -322,8 +470,27 @@ class Upload:
     filename: str
 
 
-async def _receive(request: web.Request, staging: Path, limit: int) -> tuple[list[Upload], dict[str, str]]:
-    """Stream the multipart body into ``staging``: the files, and the ``name``/``tags`` fields as text."""
+async def _receive(request: web.Request, staging: Path, limit: int,
+                   staged: list[int]) -> tuple[list[Upload], dict[str, str]]:
+    """Stream the multipart body into ``staging``: the files, and the ``name``/``tags`` fields as text.
+
+    Every byte written is counted in :data:`staging_budget` (and in ``staged[0]``, which the caller gives back
+    once the folder is removed). A body cut off part-way is an :class:`UploadInterruptedError`.
+    """
+    try:
+        return await _receive_parts(request, staging, limit, staged)
+    except (ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise UploadInterruptedError(
+            f"The upload was cut off before its end ({type(exc).__name__}); nothing was added. Send it again."
+        ) from exc
+    except ValueError as exc:  # aiohttp's multipart parser on a malformed body
+        if isinstance(exc, SketchRagError):
+            raise
+        raise InvalidParameterError(f"The upload is not valid multipart/form-data ({exc}); send it again.") from exc
+
+
+async def _receive_parts(request: web.Request, staging: Path, limit: int,
+                         staged: list[int]) -> tuple[list[Upload], dict[str, str]]:
     if request.content_length is not None and request.content_length > limit:
         raise UploadTooLargeError(
             f"The upload is {request.content_length} bytes; this server takes at most {limit} bytes per upload "
@@ -353,6 +520,8 @@ async def _receive(request: web.Request, staging: Path, limit: int) -> tuple[lis
                             f"The upload is over {limit} bytes, the most this server takes per upload (ComfyUI's "
                             "--max-upload-size); add fewer or smaller images at a time."
                         )
+                    staging_budget.take(len(chunk), STAGING_UPLOADS * limit)
+                    staged[0] += len(chunk)
                     out.write(chunk)
             uploads.append(Upload(path, part.filename or ""))
         elif part.name in ("name", "tags"):
@@ -413,32 +582,40 @@ def _upload_names(uploads: list[Upload], name: str) -> list[str]:
 async def add_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
-    def writable_library() -> tuple[StyleLibrary, AccessPolicy]:
+    def writable() -> tuple[StyleLibrary, AccessPolicy]:
         policy = _policy()
-        library = open_library_for(params, policy, sync=False)
-        try:
-            library.write_root()
-        except LibraryError as exc:  # the shipped styles alone, or a folder the config lists read-only
-            raise AccessDeniedError(str(exc)) from exc
-        return library, policy
+        return writable_library(params, policy), policy
 
     # A library this caller may not write is refused before a byte of the upload is read.
-    library, policy = await asyncio.to_thread(writable_library)
+    library, policy = await in_thread(READS, writable)
     staging_root = Path(folder_paths.get_temp_directory())
     staging_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="sketch_rag_upload_", dir=staging_root) as staging:
-        uploads, form = await _receive(request, Path(staging), upload_limit())
+    staging = Path(tempfile.mkdtemp(prefix="sketch_rag_upload_", dir=staging_root))
+    staged = [0]
 
-        def work() -> dict[str, Any]:
+    def remove_staged() -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging_budget.give_back(staged[0])
+
+    try:
+        uploads, form = await _receive(request, staging, upload_limit(), staged)
+    except BaseException:  # refused, cut off, or cancelled: nothing may stay staged
+        remove_staged()
+        raise
+
+    def work() -> dict[str, Any]:
+        try:
             names = _upload_names(uploads, form.get("name", ""))
             tags = checked_tags(form.get("tags", ""))
             files = [checked_upload(u) for u in uploads]  # every file checked before the library is touched
             with _write_lock:
                 added = library.add_many(files, names, tags, access=policy)
-            records = library.synced_records()
-            return {"added": [style_json(records[m.item_id], library, params) for m in added]}
+            # Each match carries the record the add wrote: the answer says what was added, as it was added.
+            return {"added": [style_json(m.record, library, params) for m in added if m.record is not None]}
+        finally:
+            remove_staged()  # here, not in the handler: a client gone meanwhile must not pull the files away
 
-        return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 @json_errors
@@ -451,12 +628,12 @@ async def edit_styles(request: web.Request) -> web.StreamResponse:
 
     def work() -> dict[str, Any]:
         policy = _policy()
-        library = open_library_for(params, policy, sync=False)
+        library = writable_library(params, policy)
         with _write_lock:
             record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=policy)
         return {"style": style_json(record, library, params)}
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 @json_errors
@@ -466,7 +643,7 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
 
     def work() -> dict[str, Any]:
         policy = _policy()
-        library = open_library_for(params, policy, sync=False)
+        library = writable_library(params, policy)
         user = Path(folder_paths.get_user_directory()).resolve()
         with _write_lock:
             trashed = trash_style(library, item_id, _user_dir() / "trash", access=policy)
@@ -475,7 +652,7 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
             "files": [f.relative_to(user).as_posix() for f in trashed.files],
         }
 
-    return web.json_response(await asyncio.to_thread(work))
+    return web.json_response(await in_thread(WRITES, work))
 
 
 def register_routes(routes: web.RouteTableDef | None = None) -> None:

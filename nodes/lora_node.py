@@ -15,6 +15,7 @@ from comfy_api.v0_0_2 import io
 from ..model_folders import LORAS
 from ..rendering.lora import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
+from .input_checks import unknown_options
 from .sampler_nodes import PipelineSpecType, _checked_spec, _choices, _full_path
 
 
@@ -52,6 +53,10 @@ class HybridLoRA(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora: str | None = None) -> bool | str:
+        return unknown_options(cls, lora=lora)
 
     @classmethod
     def execute(cls, pipeline: Any, lora: str, strength: float = 1.0) -> io.NodeOutput:

@@ -32,6 +32,7 @@ from ..retrieval.locations import LibraryHome, LibraryLocation, library_roots, r
 from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
 from .comfy_host import ManagedModels, Progress, raise_if_interrupted, torch_device
 from .common import CATEGORY, NODE_PREFIX
+from .input_checks import unknown_options
 from .tensors import arrays_to_image_batch, image_batch_to_arrays
 
 StyleLibraryType = io.Custom("SKETCHRAG_STYLE_LIBRARY")
@@ -94,7 +95,10 @@ def _folder_signature(roots: list[LibraryRoot]) -> str:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS | {".json"}:
-                    stat = os.stat(os.path.join(dirpath, name))
+                    try:
+                        stat = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue  # moved away (trashed, renamed) since the listing: not part of the folder now
                     digest.update(f"{dirpath}/{name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -201,6 +205,10 @@ class StyleLibraryLoader(io.ComfyNode):
         return _folder_signature(roots)
 
     @classmethod
+    def validate_inputs(cls, embedding_model: str | None = None) -> bool | str:
+        return unknown_options(cls, embedding_model=embedding_model)
+
+    @classmethod
     def execute(
         cls,
         library_folder: str = DEFAULT_LIBRARY,
@@ -211,10 +219,10 @@ class StyleLibraryLoader(io.ComfyNode):
     ) -> io.NodeOutput:
         location = resolve_location(library_folder, store, embedding_model, policy=_policy(), home=_home())
         progress = _progress_callback(Progress(1))
-        return io.NodeOutput(
-            shared_library(location, embedding_model, allow_download=allow_download, rebuild=rebuild_index,
-                           progress=progress)
-        )
+        library = shared_library(location, embedding_model, allow_download=allow_download, rebuild=rebuild_index,
+                                 progress=progress)
+        healed = library.take_healed()  # also logged as warnings; shown on the node so the user sees it too
+        return io.NodeOutput(library, ui={"text": healed} if healed else None)
 
 
 def shared_library(
@@ -252,8 +260,11 @@ def shared_library(
                 roots, embedder, store_dir, chroma_url=chroma_url, rebuild=rebuild, progress=progress
             )
             _libraries[key] = library
-        elif sync:
-            library.sync(progress=progress)
+            return library
+    # Outside the cache lock: a sync of one library must not hold up every other library's requests (the
+    # library serialises its own writers).
+    if sync:
+        library.sync(progress=progress)
     return library
 
 
@@ -282,6 +293,9 @@ def _thumbnail(image: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 class ClipStyleRetriever(io.ComfyNode):
+    """No ``validate_inputs``: ComfyUI then checks every declared min, max and option itself before a run
+    (a ``validate_inputs`` taking ``**kwargs`` would switch those checks off for every input of the node)."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -356,12 +370,6 @@ class ClipStyleRetriever(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, k: int = 1, tag_filter: str = "", **_: Any) -> bool | str:
-        if not 1 <= k <= MAX_K:
-            return f"k is {k}; choose 1 to {MAX_K} style references."
-        return True
-
-    @classmethod
     def execute(
         cls,
         library: StyleLibrary,
@@ -393,9 +401,10 @@ class ClipStyleRetriever(io.ComfyNode):
             float(matches[0].score),
             float(matches[0].z_score),
             ", ".join(f"{m.z_score:.3f}" for m in matches),
-            # "text" carries each caption on one line for API clients (and the batch manifest).
+            # "text" carries each caption on one line for API clients (and the batch manifest), after any
+            # note that a damaged store was healed during this query (also logged as a warning).
             ui={**ui.PreviewImage(arrays_to_image_batch(gallery), cls=cls).as_dict(),
-                "text": [_label(m) for m in matches]},
+                "text": [*library.take_healed(), *(_label(m) for m in matches)]},
         )
 
 

@@ -22,6 +22,7 @@ from ..rendering.pipeline_spec import PipelineSpec
 from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from .comfy_host import ManagedModels, interrupt_check, raise_if_interrupted, sampler_progress, torch_device
 from .common import CATEGORY, NODE_PREFIX
+from .input_checks import unknown_options
 from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
 
 # The socket carries a PipelineSpec (files + options), not models; its type string is part of saved workflows.
@@ -133,6 +134,14 @@ class HybridPipelineLoader(io.ComfyNode):
                 PipelineSpecType.Output(display_name="pipeline", tooltip="The warm pipeline, for the Hybrid Sampler.")
             ],
         )
+
+    @classmethod
+    def validate_inputs(
+        cls, checkpoint: str | None = None, controlnet: str | None = None, ip_adapter: str | None = None,
+        image_encoder: str | None = None, dtype: str | None = None,
+    ) -> bool | str:
+        return unknown_options(cls, checkpoint=checkpoint, controlnet=controlnet, ip_adapter=ip_adapter,
+                               image_encoder=image_encoder, dtype=dtype)
 
     @classmethod
     def execute(
@@ -356,6 +365,10 @@ class HybridSampler(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The render.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, ip_adapter_mode: str | None = None, sampler: str | None = None) -> bool | str:
+        return unknown_options(cls, ip_adapter_mode=ip_adapter_mode, sampler=sampler)
 
     @classmethod
     def execute(

@@ -137,6 +137,8 @@ class ClipEmbedder:
     """Counts loads of the weights (1, then +1 per reload after a release): which model a registration holds."""
     _dtype: Any = field(init=False, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
+    """Serialises the forward passes and (re)loads: inside ComfyUI one embedder serves the running prompt's nodes
+    and the Style Library routes' worker threads at once, and neither may run the model while the other does."""
 
     def __post_init__(self) -> None:
         self.dim = int(self.model.config.projection_dim)
@@ -247,7 +249,7 @@ class ClipEmbedder:
         inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         model = self._ready_model()
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():  # one forward pass at a time: see _lock
             features = _features(model.get_text_features(**inputs))
         return _normalise(features.float().cpu().numpy())
 
@@ -269,7 +271,7 @@ class ClipEmbedder:
             batch = list(images[start : start + batch_size])
             inputs = self.processor(images=batch, return_tensors="pt")
             pixels = inputs["pixel_values"].to(self.device, model.dtype)
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():  # one forward pass at a time: see _lock
                 features = _features(model.get_image_features(pixel_values=pixels))
             out[start : start + len(batch)] = _normalise(features.float().cpu().numpy())
             if progress is not None:

@@ -116,8 +116,10 @@ def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
     """Every image file under ``root`` (hidden files and folders skipped), with size and mtime.
 
     Symlinks that point outside the root are skipped with a warning: a library must not read
-    files the user did not put in it. Paths stay strings here: reopening an unchanged 10k
-    library is mostly this walk, and pathlib objects per file cost more than the stat calls.
+    files the user did not put in it. A file moved away between the listing and its ``stat``
+    (a trash or rename running at the same time) is simply not part of the folder any more.
+    Paths stay strings here: reopening an unchanged 10k library is mostly this walk, and pathlib
+    objects per file cost more than the stat calls.
     """
     base = str(root.path.resolve())
     stack = [""]
@@ -133,14 +135,19 @@ def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
             if entry.name.startswith("."):
                 continue
             relpath = f"{relfolder}/{entry.name}" if relfolder else entry.name
-            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(base):
-                logger.warning("Style library: %s links outside %s; skipped.", entry.path, base)
-                continue
-            if entry.is_dir():
-                stack.append(relpath)
-            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+            try:
+                if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(base):
+                    logger.warning("Style library: %s links outside %s; skipped.", entry.path, base)
+                    continue
+                if entry.is_dir():
+                    stack.append(relpath)
+                    continue
+                if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS or not entry.is_file():
+                    continue
                 stat = entry.stat()
-                yield FileInfo(item_id_for(root, relpath), root, relpath, stat.st_size, stat.st_mtime_ns)
+            except FileNotFoundError:
+                continue  # moved away since the listing
+            yield FileInfo(item_id_for(root, relpath), root, relpath, stat.st_size, stat.st_mtime_ns)
 
 
 def hash_if_changed(info: FileInfo, known: tuple[int, int, str] | None) -> str:
@@ -179,6 +186,8 @@ def read_metadata(root: LibraryRoot, relpaths: list[str]) -> tuple[dict[str, Sty
                 if not isinstance(side, dict):
                     raise ValueError("expected a JSON object")
                 entry.update(side)
+            except FileNotFoundError:
+                pass  # moved away since the listing (with its image, which the next sync no longer finds)
             except (OSError, ValueError) as exc:
                 problems.append((str(sidecar), f"unreadable sidecar: {exc}"))
         metas[relpath] = meta_from_entry(relpath, entry)

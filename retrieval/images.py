@@ -19,8 +19,9 @@ EMBED_SIDE = 448
 """Longest side kept for embedding: twice CLIP's 224 so its own resize/crop still has detail."""
 
 
-def open_rgb(path: Path, max_side: int) -> Image.Image:
-    """Decode ``path`` to RGB no larger than ``max_side``, transparency composited on white.
+def open_rgb(path: Path, max_side: int, *, data: bytes | None = None) -> Image.Image:
+    """Decode ``path`` (or its bytes ``data``, read by the caller) to RGB no larger than ``max_side``, transparency
+    composited on white.
 
     Raises:
         InvalidImageError: missing, empty, corrupt, unsupported or too large.
@@ -32,7 +33,7 @@ def open_rgb(path: Path, max_side: int) -> Image.Image:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return flatten_alpha(img)
 
-    return decode_image(path, reduced, "style image")
+    return decode_image(path, reduced, "style image", data=data)
 
 
 def flatten_alpha(img: Image.Image) -> Image.Image:

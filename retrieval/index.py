@@ -9,6 +9,11 @@ Only this module talks to Chroma, so its traps are handled in one place:
 - batches are cut below Chroma's maximum batch size;
 - a process that did not write must reopen its client to see another process's vectors
   (:meth:`ChromaIndex.refresh`); the caller serialises writers with a file lock;
+- one client per location is shared by every index (and thread) of the process, and :class:`_Gate`
+  owns its lifetime: each call holds the gate shared, and the client is closed or reopened only
+  with the gate held exclusively, so no thread's call runs on a client another thread closed;
+- every call to a store server is bounded in time (:mod:`.chroma_http`): a stalled server is an
+  error naming it, never a hung worker;
 - :meth:`ChromaIndex.self_test` finds the silent failures (lost HNSW folder, lost vectors) that
   Chroma itself reports as success, so the caller can rebuild from its own embeddings;
 - a damaged store (``chroma.sqlite3`` truncated, emptied or overwritten; HNSW files that cannot be
@@ -19,20 +24,23 @@ Only this module talks to Chroma, so its traps are handled in one place:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
 
 from ..errors import LibraryError, LibraryModelMismatchError
+from .chroma_http import bounded_call, http_client
 from .sqlite_files import damage, move_aside, open_lock
 
 logger = logging.getLogger(__name__)
@@ -64,6 +72,75 @@ _identities: dict[str, tuple[int, int]] = {}
 """The store folder each client opened, so a store another process already replaced is not judged by its errors."""
 _clients_lock = threading.RLock()
 
+T = TypeVar("T")
+
+
+class _Gate:
+    """Who may use a location's client now: any number of calls at once, or one thread closing/reopening it.
+
+    Shared holds are re-entrant per thread, and a thread holding the gate exclusively may also make
+    calls; a waiting exclusive holder stops new calls from starting, so a reopen is not starved.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._users = 0
+        self._owner: int | None = None
+        self._waiting = 0
+        self._local = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        me, depth = threading.get_ident(), getattr(self._local, "depth", 0)
+        counted = depth == 0 and self._owner != me
+        if counted:
+            with self._cond:
+                while self._owner is not None or self._waiting:
+                    self._cond.wait()
+                self._users += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if counted:
+                with self._cond:
+                    self._users -= 1
+                    self._cond.notify_all()
+
+    def inside(self) -> bool:
+        """Whether this thread is inside a call (holds the gate shared and not exclusively)."""
+        return bool(getattr(self._local, "depth", 0)) and self._owner != threading.get_ident()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:
+            yield
+            return
+        if getattr(self._local, "depth", 0):
+            raise RuntimeError("A Chroma client cannot be reopened by a thread inside a call on it; this is a bug.")
+        with self._cond:
+            self._waiting += 1
+            while self._owner is not None or self._users:
+                self._cond.wait()
+            self._waiting -= 1
+            self._owner = me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._owner = None
+                self._cond.notify_all()
+
+
+_gates: dict[str, _Gate] = {}
+
+
+def _gate(location: str | Path) -> _Gate:
+    with _clients_lock:
+        return _gates.setdefault(str(location), _Gate())
+
 
 def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and location.startswith(("http://", "https://"))
@@ -86,17 +163,16 @@ def _client(location: str | Path, fresh: bool = False, notes: list[str] | None =
 
     settings = Settings(anonymized_telemetry=False)
     key = str(location)
-    with _clients_lock:
-        if fresh:
+    if fresh:
+        with _gate(key).exclusive(), _clients_lock:
             _close_client(key)
+    with _clients_lock:
         if key not in _clients:
             if is_url(location):
                 url = urlparse(str(location))
-                _clients[key] = chromadb.HttpClient(
-                    host=url.hostname or "127.0.0.1",
-                    port=url.port or (443 if url.scheme == "https" else 8000),
-                    ssl=url.scheme == "https",
-                    settings=settings,
+                _clients[key] = http_client(
+                    key, url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 8000),
+                    url.scheme == "https", settings,
                 )
             else:
                 path = Path(location)
@@ -126,7 +202,10 @@ def is_store_error(exc: BaseException) -> bool:
 
 
 def _close_client(key: str) -> None:
-    """Let go of a local store's files (the caller holds ``_clients_lock``); every index on it reopens."""
+    """Let go of a local store's files; every index on it reopens.
+
+    The caller holds the location's gate exclusively (no call is running on the client) and ``_clients_lock``.
+    """
     if key in _clients and not is_url(key):
         _clients.pop(key).close()
         _epochs[key] = _epochs.get(key, 0) + 1
@@ -146,6 +225,10 @@ def _move_store_aside(path: Path, reason: str, notes: list[str] | None) -> None:
         notes.append(note)
 
 
+def _delete_ids(collection: Any, *, ids: list[str]) -> None:
+    collection.delete(ids=ids)
+
+
 @dataclass(frozen=True)
 class Hit:
     item_id: str
@@ -161,8 +244,8 @@ class ChromaIndex:
         self.name = name
         self.model_key = model_key
         self.dim = dim
-        self._collection: Any = None
-        self._epoch = -1
+        self._opened: tuple[Any, int] = (None, -1)
+        """(collection, epoch of the client it came from), replaced as one value so threads never mix two."""
         self.notes: list[str] = []
         """One line per damaged store this index moved aside (for the sync report)."""
 
@@ -178,7 +261,7 @@ class ChromaIndex:
                 (locked by another process, no permission).
         """
         try:
-            collection = self._get_or_create()
+            collection, epoch = self._call_client("opening the collection", self._get_or_create)
         except LibraryError:
             raise
         except Exception as exc:
@@ -190,16 +273,19 @@ class ChromaIndex:
             if not self.heal(exc):
                 raise self._open_error(exc) from exc
             try:
-                collection = self._get_or_create()
+                collection, epoch = self._call_client("opening the collection", self._get_or_create)
             except Exception as again:  # noqa: BLE001 - reported with its cause, as above
                 raise self._open_error(again) from again
         meta = collection.metadata or {}
         if ((collection.configuration_json or {}).get("hnsw") or {}).get("ef_search", EF_SEARCH) != EF_SEARCH:
             # An index made by an older version keeps its search breadth until told; Chroma applies the
             # new one the next time the store is opened.
-            with warnings.catch_warnings():  # Chroma re-reads its own record of embedding_function=None as
-                warnings.simplefilter("ignore", DeprecationWarning)  # a "legacy" config and warns about it
-                collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+            def modify(_: Any) -> None:
+                with warnings.catch_warnings():  # Chroma re-reads its own record of embedding_function=None as
+                    warnings.simplefilter("ignore", DeprecationWarning)  # a "legacy" config and warns about it
+                    collection.modify(configuration={"hnsw": {"ef_search": EF_SEARCH}})
+
+            self._call_client("setting the search breadth", modify)
         if meta.get("model_key") != self.model_key or int(meta.get("dim", -1)) != self.dim:
             if not replace_other_model:
                 raise LibraryModelMismatchError(
@@ -210,14 +296,14 @@ class ChromaIndex:
                     "`library sync --rebuild --model ...`), or, to keep both, give this model a store of its own "
                     "(loader: store, CLI: --store)."
                 )
-            self._get_client().delete_collection(self.name)
+            self._call_client("replacing the collection", lambda client: client.delete_collection(self.name))
             return self.open()
-        self._collection = collection
-        self._epoch = _epochs.get(str(self.location), 0)
+        self._opened = (collection, epoch)
         return self
 
-    def _get_or_create(self) -> Any:
-        return self._get_client().get_or_create_collection(
+    def _get_or_create(self, client: Any) -> tuple[Any, int]:
+        """The collection, and the epoch of the client that opened it (read inside the gate, so it is that one's)."""
+        return client.get_or_create_collection(
             name=self.name,
             embedding_function=None,
             configuration={
@@ -231,7 +317,7 @@ class ChromaIndex:
                 }
             },
             metadata={"model_key": self.model_key, "dim": self.dim},
-        )
+        ), _epochs.get(str(self.location), 0)
 
     def _open_error(self, exc: BaseException) -> LibraryError:
         return LibraryError(
@@ -242,6 +328,40 @@ class ChromaIndex:
 
     def _get_client(self, fresh: bool = False) -> Any:
         return _client(self.location, fresh=fresh, notes=self.notes)
+
+    @property
+    def _server(self) -> str | None:
+        return str(self.location) if is_url(self.location) else None
+
+    def _call_client(self, what: str, fn: Callable[[Any], T]) -> T:
+        """``fn(client)`` with the client held open (shared gate) and a store server's answer bounded in time."""
+        client = self._get_client()
+        with _gate(self.location).shared():
+            with _clients_lock:
+                current = _clients.get(str(self.location))
+            if current is not client:  # reopened between getting it and entering the gate: use the new one
+                client = self._get_client()
+            return bounded_call(self._server, what, lambda: fn(client))
+
+    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+        """``fn(collection)`` on this index's collection, on a client no other thread can close meanwhile."""
+        for last in (False, True):
+            self._ensure_open()  # outside the gate: an open that finds a damaged store heals it (exclusively)
+            with _gate(self.location).shared():
+                collection, epoch = self._opened
+                if collection is None or epoch != _epochs.get(str(self.location), 0):
+                    # Another thread reopened the client meanwhile; inside the gate no one can again, so one
+                    # open here gives a collection that stays valid for the call. It cannot heal in here: if it
+                    # fails, the next round opens (and heals) outside the gate.
+                    try:
+                        self.open()
+                    except Exception:
+                        if last:
+                            raise
+                        continue
+                    collection = self._opened[0]
+                return bounded_call(self._server, what, functools.partial(fn, collection))
+        raise AssertionError("unreachable: the last round returns or raises")
 
     def heal(self, error: BaseException | None = None) -> bool:
         """After ``error`` from this store: if it is damaged, move it aside and start a new one. True if reopened.
@@ -254,10 +374,12 @@ class ChromaIndex:
         if is_url(self.location):
             return False
         path, key = Path(self.location), str(self.location)
-        with _clients_lock:
+        if _gate(key).inside():
+            return False  # inside a call on the client, which cannot be closed now; the caller heals outside
+        with _gate(key).exclusive(), _clients_lock:
             opened = _identities.get(key)
             _close_client(key)
-            self._collection = None
+            self._opened = (None, -1)
             if not path.is_dir():
                 return False
             with open_lock(path):
@@ -286,21 +408,25 @@ class ChromaIndex:
                 return f"its HNSW files for {self.name} cannot be read: {exc}"
         return None
 
+    def _ensure_open(self) -> None:
+        collection, epoch = self._opened
+        if collection is None or epoch != _epochs.get(str(self.location), 0):
+            self.open()
+
     @property
     def collection(self) -> Any:
-        if self._collection is None or self._epoch != _epochs.get(str(self.location), 0):
-            self.open()
-        return self._collection
+        self._ensure_open()
+        return self._opened[0]
 
     def refresh(self) -> None:
         """Reopen the store from disk, so vectors written by another process become searchable."""
         if not is_url(self.location):
             self._get_client(fresh=True)
-        self._collection = None
+        self._opened = (None, -1)
         self.open()
 
     def count(self) -> int:
-        return int(self.collection.count())
+        return int(self._call("counting the collection", lambda c: c.count()))
 
     def put(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[Mapping[str, Any]]) -> None:
         """Insert or replace items (delete + add: Chroma's add ignores existing ids, upsert merges metadata)."""
@@ -313,16 +439,21 @@ class ChromaIndex:
             )
         self.delete(ids)
         for start in range(0, len(ids), BATCH):
-            stop = start + BATCH
-            self.collection.add(
-                ids=list(ids[start:stop]),
-                embeddings=np.ascontiguousarray(vectors[start:stop], dtype=np.float32),
-                metadatas=[dict(m) for m in metadatas[start:stop]],
-            )
+            part = slice(start, start + BATCH)
+
+            def add(collection: Any, part: slice = part) -> None:
+                collection.add(
+                    ids=list(ids[part]),
+                    embeddings=np.ascontiguousarray(vectors[part], dtype=np.float32),
+                    metadatas=[dict(m) for m in metadatas[part]],
+                )
+
+            self._call("adding vectors", add)
 
     def delete(self, ids: Sequence[str]) -> None:
         for start in range(0, len(ids), BATCH):
-            self.collection.delete(ids=list(ids[start : start + BATCH]))
+            batch = list(ids[start : start + BATCH])
+            self._call("deleting vectors", functools.partial(_delete_ids, ids=batch))
 
     def query(self, vector: np.ndarray, k: int) -> list[Hit]:
         """The ``k`` nearest items by cosine similarity, best first (fewer if the index holds fewer)."""
@@ -330,9 +461,9 @@ class ChromaIndex:
             return []
         # Chroma returns fewer than n_results when the collection holds fewer (an empty one: none), so
         # no count() round trip per query (1 ms of SQLite, a quarter of a 10k-item search).
-        result = self.collection.query(
+        result = self._call("a query", lambda c: c.query(
             query_embeddings=np.asarray(vector, dtype=np.float32)[None, :], n_results=k, include=["distances"]
-        )
+        ))
         return [
             Hit(item_id, 1.0 - float(dist))
             for item_id, dist in zip(result["ids"][0], result["distances"][0], strict=True)
@@ -348,7 +479,8 @@ class ChromaIndex:
             return True
         ids = list(samples)
         matrix = np.stack([samples[i] for i in ids]).astype(np.float32)
-        result = self.collection.query(query_embeddings=matrix, n_results=1, include=["distances"])
+        result = self._call("a self-test query", lambda c: c.query(
+            query_embeddings=matrix, n_results=1, include=["distances"]))
         for expected, got_ids, dists in zip(ids, result["ids"], result["distances"], strict=True):
             if not got_ids or (got_ids[0] != expected and dists[0] > SELF_TEST_TOLERANCE):
                 logger.warning("Style index %s: item %r not found by its own vector.", self.name, expected)
@@ -361,19 +493,23 @@ class ChromaIndex:
         Older versions named a library's collection after its model too, so each model switch left
         one behind; the library drops them (its own name + ``-``) when it is first synced or rebuilt.
         """
-        client = self._get_client()
-        names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
-        stale = sorted(n for n in names if n.startswith(prefix) and n != self.name)
-        for name in stale:
-            client.delete_collection(name)
-        return stale
+        def drop(client: Any) -> list[str]:
+            names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+            stale = sorted(n for n in names if n.startswith(prefix) and n != self.name)
+            for name in stale:
+                client.delete_collection(name)
+            return stale
+
+        return self._call_client("listing collections", drop)
 
     def reset(self) -> None:
         """Drop and recreate the collection empty (before a rebuild from cached embeddings)."""
-        client = self._get_client()
-        try:
-            client.delete_collection(self.name)
-        except Exception as exc:  # noqa: BLE001 - "does not exist" has no stable exception type across versions
-            logger.debug("delete_collection(%s): %s", self.name, exc)
-        self._collection = None
+        def delete(client: Any) -> None:
+            try:
+                client.delete_collection(self.name)
+            except Exception as exc:  # noqa: BLE001 - "does not exist" has no stable exception type across versions
+                logger.debug("delete_collection(%s): %s", self.name, exc)
+
+        self._call_client("dropping the collection", delete)
+        self._opened = (None, -1)
         self.open()

@@ -17,6 +17,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,6 +54,16 @@ SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
 """The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
 LOCK_TIMEOUT_S = 300.0
 """How long a writer waits for another process's sync before giving up with an error."""
+RESCAN_AFTER_S = 10.0
+""":meth:`StyleLibrary.sync_if_changed` rescans folders whose listings look unchanged after this long anyway
+(a file overwritten in place changes no folder's mtime)."""
+MAX_HEALED_NOTES = 20
+"""Healing reports kept for the next node to show (each is also logged when it happens)."""
+
+
+_written_here: dict[tuple[str, str], int] = {}
+"""The last generation this process wrote, per (state file, collection): such a change needs no store reopen."""
+_written_lock = threading.Lock()
 
 
 def default_roots(user_styles: Path) -> list[LibraryRoot]:
@@ -100,6 +112,12 @@ class StyleLibrary:
             on_healed=self._forget_records,
         )
         self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
+        self._mutex = threading.RLock()
+        """This process's writers one at a time; a reader that sees the index ahead of the records waits here."""
+        self._records_lock = threading.Lock()
+        self._folder_stamp: tuple[tuple[str, int, int], ...] | None = None
+        self._synced_at = 0.0
+        self._healed: list[str] = []
         self._seen_generation: tuple[int, int] | None = None
         """(state file epoch, generation) last read: a new state file at the same generation is still new."""
         self._records: dict[str, FileRecord] = {}
@@ -115,12 +133,15 @@ class StyleLibrary:
 
     def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            with self._locked().acquire(timeout=LOCK_TIMEOUT_S):
-                if self._state_version() != self._seen_generation:
+            with self._mutex, self._locked().acquire(timeout=LOCK_TIMEOUT_S):
+                if self._changed_elsewhere():
                     self.index.refresh()  # another process wrote: write on top of its vectors, not a stale copy
-                result = fn(*args, **kwargs)
-                self._after_write()
-                return result
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    with _written_lock:
+                        _written_here[self._state_key] = self.state.generation()
+                    self._after_write()
         except Timeout as exc:
             raise LibraryError(
                 f"Another process has been writing the style library {self.name!r} for {LOCK_TIMEOUT_S:.0f} s "
@@ -130,13 +151,37 @@ class StyleLibrary:
     def _after_write(self) -> None:
         self.synced_records()
 
-    def synced_records(self) -> dict[str, FileRecord]:
-        """Every file as last synced by id (read again only when a write bumped the generation)."""
+    @property
+    def _state_key(self) -> tuple[str, str]:
+        return str(self.state.path), self.collection
+
+    def _changed_elsewhere(self) -> bool:
+        """Whether another process wrote since this library last read: only then must the store be reopened.
+
+        A generation written by this process (this library or another object on the same collection) was
+        written through the shared client, which already holds those vectors.
+        """
         version = self._state_version()
-        if version != self._seen_generation:
-            self._seen_generation = version
-            self._set_records(self.state.records())
-        return self._records
+        if version == self._seen_generation:
+            return False
+        if self._seen_generation is None or version[0] != self._seen_generation[0]:
+            return True  # a new state file: the store may have been replaced with it
+        with _written_lock:
+            return _written_here.get(self._state_key) != version[1]
+
+    def synced_records(self) -> dict[str, FileRecord]:
+        """Every file as last synced by id (read again only when a write bumped the generation).
+
+        The records are read before the generation is marked seen, under a lock: a thread that finds the
+        generation seen always gets the records of that generation, never the previous ones.
+        """
+        with self._records_lock:
+            version = self._state_version()
+            if version != self._seen_generation:
+                records = self.state.records()
+                self._set_records(records)
+                self._seen_generation = version
+            return self._records
 
     def _state_version(self) -> tuple[int, int]:
         """(state file epoch, generation); a damaged state file found here is moved aside and started afresh."""
@@ -157,6 +202,15 @@ class StyleLibrary:
         self._seen_generation = None
         self._set_records({})
 
+    def _keep_healed(self, report: SyncReport) -> SyncReport:
+        self._healed = [*self._healed, *report.healed][-MAX_HEALED_NOTES:]
+        return report
+
+    def take_healed(self) -> list[str]:
+        """The reports of damaged stores healed since the last call, for a node's UI (each was logged already)."""
+        notes, self._healed = self._healed, []
+        return notes
+
     def _set_records(self, records: dict[str, FileRecord]) -> None:
         self._records = records
         self._good = {i: r for i, r in records.items() if r.error is None}
@@ -170,8 +224,43 @@ class StyleLibrary:
         """
         if rebuild:
             self.index.open(replace_other_model=True)
+        stamp = self._folders_stamp()  # taken before the scan: a change during it is seen by the next check
         report: SyncReport = self._write(self._sync_locked, rebuild, progress)
+        self._folder_stamp, self._synced_at = stamp, time.monotonic()
         return report
+
+    def sync_if_changed(self, max_age_s: float = RESCAN_AFTER_S) -> SyncReport | None:
+        """Sync when a folder's listing changed since the last sync (or that was over ``max_age_s`` ago), else None.
+
+        The check is one ``stat`` per folder (adding, removing, renaming or rewriting a file through a
+        rename changes its folder's mtime), so a caller may run it per request instead of a full scan,
+        which reads every sidecar. Another process's syncs are seen through the generation as usual.
+        """
+        self.refresh_if_changed()
+        if self._folders_stamp() == self._folder_stamp and time.monotonic() - self._synced_at < max_age_s:
+            return None
+        return self.sync()
+
+    def _folders_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """(path, mtime_ns, inode) of every folder of the library, hidden ones skipped as the scan skips them."""
+        stamp: list[tuple[str, int, int]] = []
+        stack = [str(r.path) for r in self.roots]
+        while stack:
+            folder = stack.pop()
+            try:
+                info = os.stat(folder)
+                entries = list(os.scandir(folder))
+            except OSError:
+                stamp.append((folder, -1, -1))
+                continue
+            stamp.append((folder, info.st_mtime_ns, info.st_ino))
+            for entry in entries:
+                try:
+                    if not entry.name.startswith(".") and entry.is_dir():
+                        stack.append(entry.path)
+                except OSError:
+                    continue
+        return tuple(sorted(stamp))
 
     def _sync_locked(self, rebuild: bool, progress: ProgressCallback | None) -> SyncReport:
         if rebuild or self.state.generation() == 0:
@@ -185,7 +274,7 @@ class StyleLibrary:
                 self.state.forget(dropped)
                 logger.info("Style library %s: dropped the index collections of older versions: %s.",
                             self.name, ", ".join(dropped))
-        return self.stores.sync(self.synced_records, rebuild=rebuild, progress=progress)
+        return self._keep_healed(self.stores.sync(self.synced_records, rebuild=rebuild, progress=progress))
 
     def add(
         self,
@@ -267,7 +356,7 @@ class StyleLibrary:
                 suffixes.append(".png")
         relpaths = [_given_relpath(root.path, f) if f else None for f in wanted]
 
-        def write() -> list[str]:
+        def write() -> tuple[list[str], dict[str, FileRecord]]:
             root.path.mkdir(parents=True, exist_ok=True)
             planned: list[str] = []
             taken: set[str] = set()  # names planned in this batch are as taken as those on disk
@@ -291,23 +380,24 @@ class StyleLibrary:
                 (root.path / _sidecar_relpath(relpath)).write_text(
                     json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
                 )
-            self.stores.sync(self.synced_records)
-            return planned
+            self._keep_healed(self.stores.sync(self.synced_records))
+            # What this sync wrote, read under the lock: no other writer can have changed it since.
+            return planned, self.state.records()
 
-        item_ids = [item_id_for(root, relpath) for relpath in self._write(write)]
-        records = self.synced_records()
+        planned, records = self._write(write)
+        item_ids = [item_id_for(root, relpath) for relpath in planned]
         failed = [f"{i} ({records[i].error if i in records else 'not found after sync'})" for i in item_ids
                   if i not in records or records[i].error is not None]
         if failed:
             raise InvalidImageError(f"New styles could not be indexed: {'; '.join(failed)}.")
-        return [self._match(Hit(i, 1.0), 1.0) for i in item_ids]
+        return [self._match(Hit(i, 1.0), 1.0, records=records) for i in item_ids]
 
     # -- reading -----------------------------------------------------------------------------
 
     def refresh_if_changed(self) -> None:
         """Reload state and reopen the store if another process wrote since we last looked."""
         if self._state_version() != self._seen_generation:
-            if self._seen_generation is not None:
+            if self._seen_generation is not None and self._changed_elsewhere():
                 self.index.refresh()
             self.synced_records()
 
@@ -334,17 +424,20 @@ class StyleLibrary:
         vector, prompt_vec = self._query_vectors(query)
         words = query.applied_text_weight
         if words == 0 or prompt_vec is None:
-            hits = self._search(vector, query.k, query.tags)
+            hits, records = self._search(vector, query.k, query.tags)
             matrices = self._style_matrices()
             every = matrices.scores(vector)
         else:
+            records = self._records  # one generation's records and matrices for the whole answer
             matrices = self._style_matrices()
             every = matrices.scores(vector, prompt_vec, words)
             rows = matrices.tagged(frozenset(query.tags))[2] if query.tags else None
             hits = top_k_of_scores(every, matrices.ids, query.k, rows)
+        hits = [h for h in hits if h.item_id in records]
         standing = relative_standing(every, [matrices.rows.get(h.item_id, -1) for h in hits])
         weights = blend_weights([h.score for h in hits], query.temperature)
-        return [self._match(h, w, z, p) for h, w, (z, p) in zip(hits, weights, standing, strict=True)]
+        return [self._match(h, w, z, p, records=records)
+                for h, w, (z, p) in zip(hits, weights, standing, strict=True)]
 
     def search(self, vector: np.ndarray, k: int, tags: Sequence[str] = ()) -> list[Hit]:
         """The ``k`` items nearest a unit query vector in this library's embedding space, best first.
@@ -357,22 +450,36 @@ class StyleLibrary:
             LibraryError: the library has no indexed styles, or none carries all of ``tags``.
         """
         self._check_not_empty()
-        return self._search(vector, k, tags)
+        return self._search(vector, k, tags)[0]
 
-    def _search(self, vector: np.ndarray, k: int, tags: Sequence[str]) -> list[Hit]:
+    def _search(self, vector: np.ndarray, k: int, tags: Sequence[str]) -> tuple[list[Hit], dict[str, FileRecord]]:
+        """The hits, and the records (one generation's) they were checked against."""
         if tags:
+            records = self._records
             matrix, ids, _ = self._style_matrices().tagged(frozenset(normalise_tags(list(tags))))
-            return exact_top_k(matrix, ids, vector, k)
+            return exact_top_k(matrix, ids, vector, k), records
         try:
-            hits = self.index.query(vector, k)
+            hits, records, good = self.index.query(vector, k), self._records, self._good
         except Exception as exc:
             if not is_store_error(exc) or not self._write(self._heal_and_sync, exc):
                 raise
-            hits = self.index.query(vector, k)
-        if len(hits) < min(k, len(self._good)) or any(h.item_id not in self._good for h in hits):
+            hits, records, good = self.index.query(vector, k), self._records, self._good
+        if self._consistent(hits, k, good):
+            return hits, records
+        # The index may be ahead of the records because a writer of this process is between its index
+        # and state writes: wait for it, read the records it committed and ask again before calling it damage.
+        with self._mutex:
+            self.refresh_if_changed()
+            hits, records, good = self.index.query(vector, k), self._records, self._good
+        if not self._consistent(hits, k, good):
             self._repair()
-            hits = self.index.query(vector, k)
-        return hits
+            self.refresh_if_changed()
+            hits, records = self.index.query(vector, k), self._records
+        return hits, records
+
+    @staticmethod
+    def _consistent(hits: list[Hit], k: int, good: dict[str, FileRecord]) -> bool:
+        return len(hits) >= min(k, len(good)) and all(h.item_id in good for h in hits)
 
     def _check_not_empty(self) -> None:
         self.refresh_if_changed()
@@ -396,7 +503,7 @@ class StyleLibrary:
     def _heal_and_sync(self, error: BaseException) -> bool:
         if not self.heal(error):
             return False
-        self.stores.sync(self.synced_records)
+        self._keep_healed(self.stores.sync(self.synced_records))
         return True
 
     def _repair(self) -> None:
@@ -415,11 +522,13 @@ class StyleLibrary:
             self._matrices = StyleMatrices(self.stores, self._good)
         return self._matrices
 
-    def _match(self, hit: Hit, weight: float, z_score: float = 0.0, percentile: float = 100.0) -> StyleMatch:
-        record = self._records.get(hit.item_id) or self.state.records()[hit.item_id]
+    def _match(self, hit: Hit, weight: float, z_score: float = 0.0, percentile: float = 100.0, *,
+               records: dict[str, FileRecord]) -> StyleMatch:
+        """A match built from ``records``, the snapshot the hit was checked against (never a later read)."""
+        record = records[hit.item_id]
         return StyleMatch(
             item_id=hit.item_id, path=self.path_of(record), meta=record.meta, score=hit.score, weight=weight,
-            z_score=z_score, percentile=percentile,
+            z_score=z_score, percentile=percentile, record=record,
         )
 
     def close(self) -> None:

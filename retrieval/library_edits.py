@@ -16,16 +16,18 @@ Add node does, because a library opened earlier may have lost its permission sin
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..access import AccessPolicy
 from ..errors import AccessDeniedError, LibraryError, StyleNotFoundError
@@ -106,6 +108,74 @@ def style_file(library: StyleLibrary, record: FileRecord) -> Path:
     return path
 
 
+MAX_STYLE_BYTES = 512 * 1024 * 1024
+"""Largest style image :func:`read_style` reads into memory (a 30,000 px scan is far below)."""
+_NO_LINK_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NO_LINK_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+"""No link is followed at any step, and a FIFO planted under a style's name cannot block the open."""
+
+
+@dataclass(frozen=True)
+class StyleBytes:
+    """A style image as read through :func:`read_style`: its bytes and the ``fstat`` of the handle they came from."""
+
+    data: bytes
+    size: int
+    mtime_ns: int
+
+
+def read_style(library: StyleLibrary, record: FileRecord) -> StyleBytes:
+    """The image of ``record``, read through :func:`open_style` (no link followed on the way)."""
+    with open_style(library, record) as opened:
+        info = os.fstat(opened.fileno())
+        return StyleBytes(opened.read(MAX_STYLE_BYTES + 1), info.st_size, info.st_mtime_ns)
+
+
+def open_style(library: StyleLibrary, record: FileRecord) -> BinaryIO:
+    """The image file of ``record``, opened without following any link from its library folder down to it.
+
+    Each folder on the way is opened relative to the one before with ``O_NOFOLLOW`` and the file's own
+    handle is checked (``fstat``) to be a regular file, so a link or other file swapped in after any
+    earlier check is refused, not read: nothing outside the library is ever served. The caller closes it.
+
+    Raises:
+        AccessDeniedError: a link (or a folder that became a link) on the way, not a regular file, or too large.
+        StyleNotFoundError: the file is gone since the last sync.
+    """
+    root = root_of(library, record)
+    parts = PurePosixPath(record.relpath).parts
+    try:
+        folder = os.open(os.path.realpath(root.path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StyleNotFoundError(f"The library folder of style {record.item_id!r} cannot be opened ({exc.strerror}); "
+                                 "list the styles again.") from exc
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _NO_LINK_DIR, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        handle = os.open(parts[-1], _NO_LINK_FILE, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise AccessDeniedError(
+                f"The style {record.item_id!r} is reached through a link; styles are only read from files inside "
+                "their folder. Replace the link by a copy of the image."
+            ) from exc
+        raise StyleNotFoundError(
+            f"The image of style {record.item_id!r} is gone ({exc.strerror}); list the styles again to see the "
+            "library as it is now."
+        ) from exc
+    finally:
+        os.close(folder)
+    opened = os.fdopen(handle, "rb")
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STYLE_BYTES:
+        opened.close()
+        what = "is not a regular file" if not stat.S_ISREG(info.st_mode) else f"is over {MAX_STYLE_BYTES} bytes"
+        raise AccessDeniedError(f"The style {record.item_id!r} {what}; only image files are served.")
+    return opened
+
+
 def _writable_root(library: StyleLibrary, record: FileRecord, action: str) -> LibraryRoot:
     root = root_of(library, record)
     if not root.writable:
@@ -122,10 +192,20 @@ def _sidecar_of(image: Path) -> Path:
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
     """An existing sidecar's content, refusing a broken one rather than replacing what the user wrote."""
-    if not path.exists():
+    try:  # not through a link: the sidecar's content is copied into the new one
+        handle = os.open(path, _NO_LINK_FILE)
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise LibraryError(
+            f"The sidecar {path} cannot be opened ({exc.strerror}; a link is never followed); replace it by a "
+            "plain file or remove it, then edit the style again."
+        ) from exc
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with os.fdopen(handle, "rb") as opened:
+            if not stat.S_ISREG(os.fstat(opened.fileno()).st_mode):
+                raise LibraryError(f"The sidecar {path} is not a regular file; remove it, then edit the style again.")
+            data = json.loads(opened.read(1 << 20).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LibraryError(
             f"The sidecar {path} cannot be read as JSON ({exc}); fix or remove it by hand, then edit the style "

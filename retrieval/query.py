@@ -18,7 +18,7 @@ percentile, which read the same whatever the prompt, library or model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import InvalidParameterError
 from .folder import StyleMeta, normalise_tags
 from .index import Hit
+from .state import FileRecord
 
 MAX_K = 64
 """Most references one query returns: beyond this an IMAGE batch stops being a style reference."""
@@ -94,6 +95,9 @@ class StyleMatch:
     """How many standard deviations the score lies above the mean score of all the library's styles for this query."""
     percentile: float = 100.0
     """Share of the library's styles scoring below this one for this query, in percent (the best of many: ~100)."""
+    record: FileRecord | None = field(default=None, compare=False, repr=False)
+    """The synced record the match was made from (content hash, folder), so a caller needs no second lookup
+    that a sync in between could have changed."""
 
     @property
     def name(self) -> str:

@@ -92,6 +92,8 @@ def scan(roots: list[LibraryRoot], known: dict[str, FileRecord], report: SyncRep
             prev = known.get(info.item_id)
             try:
                 sha = hash_if_changed(info, (prev.size, prev.mtime_ns, prev.sha256) if prev else None)
+            except FileNotFoundError:
+                continue  # moved away since the listing (a trash running meanwhile): no longer in the folder
             except OSError as exc:
                 report.skipped.append((str(info.path), f"unreadable file: {exc}"))
                 continue

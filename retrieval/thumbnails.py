@@ -49,8 +49,11 @@ def thumbnail_path(cache_dir: Path, sha256: str, side: int = THUMBNAIL_SIDE) -> 
     return cache_dir / sha256[:2] / f"{sha256}-{side}.jpg"
 
 
-def thumbnail(image: Path, sha256: str, cache_dir: Path, side: int = THUMBNAIL_SIDE) -> Path:
+def thumbnail(image: Path, sha256: str, cache_dir: Path, side: int = THUMBNAIL_SIDE, *,
+              data: bytes | None = None) -> Path:
     """The cached thumbnail of ``image`` (whose content hash is ``sha256``), made now if it is missing.
+
+    With ``data``, the image's bytes as the caller read them (without following links) are decoded instead.
 
     Written beside its final name and renamed into place, so two requests making the same
     thumbnail at once, or an interrupted one, never leave a half-written file under the cached name.
@@ -61,7 +64,7 @@ def thumbnail(image: Path, sha256: str, cache_dir: Path, side: int = THUMBNAIL_S
     target = thumbnail_path(cache_dir, sha256, side)
     if target.is_file():
         return target
-    preview = open_rgb(image, side)
+    preview = open_rgb(image, side, data=data)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.partial")
     try:

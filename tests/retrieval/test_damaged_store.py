@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from geometry import COLOURS, GeometryEmbedder
@@ -337,7 +338,7 @@ def test_style_library_node_heals_a_store_damaged_under_a_running_comfyui(
 ) -> None:
     store = comfy_base_dir / "user" / "sketch_rag" / "damaged_store"
 
-    def run(store_input: str) -> list[str]:
+    def run(store_input: str) -> dict[str, Any]:
         graph = {
             "1": {"class_type": "SketchRAGStyleLibraryLoader",
                   "inputs": {"library_folder": "", "embedding_model": "tiny-random-clip", "store": store_input,
@@ -347,12 +348,15 @@ def test_style_library_node_heals_a_store_damaged_under_a_running_comfyui(
                              "image_weight": 0.5, "resolution": 64, "blend_temperature": 0.01}},
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
         }
-        return list(comfy.wait(comfy.queue_prompt(graph), timeout=240)["outputs"]["2"]["text"])
+        return dict(comfy.wait(comfy.queue_prompt(graph), timeout=240)["outputs"])
 
     before = run(str(store))
+    assert "1" not in before, "nothing healed: the loader shows nothing"
     garbage(store / "chroma" / "chroma.sqlite3")
     after = run(f"{store}/")  # the same store (an edited input, so the loader runs again and syncs)
-    assert after == before
+    assert after["2"]["text"] == before["2"]["text"]
+    [shown] = after["1"]["text"]  # the healing is in the node's UI output, not only in the log
+    assert "was damaged" in shown and "moved it to" in shown
     [old] = moved_aside(store, "chroma")
     assert (old / "chroma.sqlite3").read_bytes()[:16] == bytes(range(16))  # the damaged file, kept
     log = (comfy_base_dir / "comfyui.log").read_text(encoding="utf-8", errors="replace")
