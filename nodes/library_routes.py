@@ -2,11 +2,11 @@
 
 An adapter like the nodes: every route resolves its library from the same three parameters as
 the Style Library node (``library``, ``store``, ``model`` = ``library_folder``, ``store``,
-``embedding_model``) through :mod:`..retrieval.locations` under the same :class:`~..access.AccessPolicy`,
-and gets the very library object (and CLIP) the node uses from ``retrieval_nodes.shared_library``.
-Styles are named by id and looked up among the library's records, never opened as paths, so no
-``..``, absolute path or encoded traversal reaches a file. The contract the tab codes against is
-written in ``/work/prompts/library_api.md`` and the README's "Style Library tab" section.
+``embedding_model``) through the engine's ``resolve_location`` under the same :class:`~..access.AccessPolicy`
+(``comfy_folders.access_policy``), and gets the very library object (and CLIP) the node uses from
+``retrieval_nodes.shared_library``. Styles are named by id and looked up among the library's records, never
+opened as paths, so no ``..``, absolute path or encoded traversal reaches a file. The contract the tab codes
+against is the README's "Style Library tab" section.
 
 Engine calls block (CLIP, Chroma, file I/O), so each runs in a worker thread, never on ComfyUI's
 event loop. Uploads are streamed to ComfyUI's temp folder with a byte limit (ComfyUI's own
@@ -44,24 +44,30 @@ from ..errors import (
     UploadTooLargeError,
 )
 from ..imaging import decode_image
-from ..retrieval.file_names import numbered_names
-from ..retrieval.folder import default_name
-from ..retrieval.images import EMBED_SIDE, open_rgb
-from ..retrieval.library import StyleLibrary
-from ..retrieval.library_edits import (
+from ..retrieval import (
+    EMBED_SIDE,
+    MAX_K,
+    MAX_NAME_CHARS,
+    FileRecord,
+    StyleLibrary,
+    StyleMatch,
+    StyleQuery,
     checked_name,
     checked_tags,
+    content_hash,
+    default_name,
     edit_style,
     find_style,
+    numbered_names,
+    open_rgb,
+    resolve_location,
     root_of,
     style_file,
+    thumbnail,
     trash_style,
 )
-from ..retrieval.locations import resolve_location
-from ..retrieval.query import MAX_K, StyleMatch, StyleQuery
-from ..retrieval.state import FileRecord
-from ..retrieval.thumbnails import content_hash, thumbnail
-from .retrieval_nodes import _home, _policy, _user_dir, shared_library
+from .comfy_folders import access_policy, library_home, user_dir
+from .retrieval_nodes import shared_library
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +116,10 @@ class LibraryParams:
 def open_library_for(params: LibraryParams, policy: AccessPolicy, *, sync: bool) -> StyleLibrary:
     """The node's library for these parameters, resolved and checked exactly as the node does.
 
-    ``policy`` is built once per request (``retrieval_nodes._policy``, which sees config edits at once)
+    ``policy`` is built once per request (``comfy_folders.access_policy``, which sees config edits at once)
     and used for every check of that request.
     """
-    location = resolve_location(params.library, params.store, params.model, policy=policy, home=_home())
+    location = resolve_location(params.library, params.store, params.model, policy=policy, home=library_home())
     # The node's cache is keyed by its embedding_model input, whose default is the first CLIP folder.
     return shared_library(location, params.model.strip() or location.model, sync=sync)
 
@@ -207,7 +213,7 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=True)  # a sync picks up files dropped into the folder by hand
         records = library.entries()
         good = [r for r in records if r.error is None]
@@ -236,10 +242,10 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        policy = _policy()
+        policy = access_policy()
         path, record = _served_file(params, item_id, policy)
         sha256 = content_hash(path, record)
-        cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
+        cache = policy.writable(user_dir() / "thumbnails", input_name="thumbnail folder", base=user_dir())
         return thumbnail(path, sha256, cache), sha256
 
     thumb, sha256 = await asyncio.to_thread(work)
@@ -254,7 +260,7 @@ async def get_image(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        path, record = _served_file(params, item_id, _policy())
+        path, record = _served_file(params, item_id, access_policy())
         return path, content_hash(path, record)
 
     path, sha256 = await asyncio.to_thread(work)
@@ -295,7 +301,7 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
     query = _search_query(await _json_body(request))
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, _policy(), sync=False)
+        library = open_library_for(params, access_policy(), sync=False)
         start = time.perf_counter()
         matches = library.query(query)  # the CLIP Style Retriever's own call: the same ranking
         elapsed = (time.perf_counter() - start) * 1000
@@ -406,7 +412,7 @@ def _upload_names(uploads: list[Upload], name: str) -> list[str]:
     names = []
     for upload in uploads:
         stem = posixpath.basename(upload.filename.replace("\\", "/"))
-        names.append(checked_name(default_name(stem)[:200]) if stem.strip(" ._-") else "uploaded style")
+        names.append(checked_name(default_name(stem)[:MAX_NAME_CHARS]) if stem.strip(" ._-") else "uploaded style")
     return names
 
 
@@ -415,7 +421,7 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
     def writable_library() -> tuple[StyleLibrary, AccessPolicy]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=False)
         try:
             library.write_root()
@@ -451,7 +457,7 @@ async def edit_styles(request: web.Request) -> web.StreamResponse:
         raise InvalidParameterError(f"The id is {item_id!r}; give the id of a style from the style list.")
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=False)
         with _write_lock:
             record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=policy)
@@ -466,11 +472,11 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=False)
         user = Path(folder_paths.get_user_directory()).resolve()
         with _write_lock:
-            trashed = trash_style(library, item_id, _user_dir() / "trash", access=policy)
+            trashed = trash_style(library, item_id, user_dir() / "trash", access=policy)
         return {
             "trashed": trashed.folder.relative_to(user).as_posix(),
             "files": [f.relative_to(user).as_posix() for f in trashed.files],

@@ -13,9 +13,10 @@ from typing import Any
 from comfy_api.v0_0_2 import io
 
 from ..model_folders import LORAS
-from ..rendering.lora import MAX_LORA_STRENGTH
+from ..rendering import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
-from .sampler_nodes import HybridPipelineType, _checked_pipeline, _choices, _full_path
+from .model_choices import choices, full_path
+from .pipeline_socket import HybridPipelineType, checked_pipeline
 
 
 class HybridLoRA(io.ComfyNode):
@@ -33,7 +34,7 @@ class HybridLoRA(io.ComfyNode):
                 HybridPipelineType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
                 io.Combo.Input(
                     "lora",
-                    options=_choices(LORAS),
+                    options=choices(LORAS),
                     tooltip="An SD1.5 LoRA from models/loras, kohya/A1111 or diffusers layout (.safetensors).",
                 ),
                 io.Float.Input(
@@ -55,11 +56,10 @@ class HybridLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipeline: Any, lora: str, strength: float = 1.0) -> io.NodeOutput:
-        from ..rendering.hybrid_pipeline import DEFAULT_CACHE
-        from ..rendering.lora import check_strength
+        from ..rendering import DEFAULT_CACHE, check_strength
 
-        pipeline = _checked_pipeline(pipeline)
-        path = _full_path(LORAS, lora)
+        pipeline = checked_pipeline(pipeline)
+        path = full_path(LORAS, lora)
         spec = dataclasses.replace(pipeline, loras=(*pipeline.loras, (path, check_strength(strength, path))))
         DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node
         return io.NodeOutput(spec)

@@ -7,7 +7,7 @@ from comfy.utils import ProgressBar
 from comfy_api.v0_0_2 import io
 
 from ..errors import InvalidParameterError
-from ..rendering.canny import (
+from ..rendering import (
     DEFAULT_HIGH_THRESHOLD,
     DEFAULT_LOW_THRESHOLD,
     MAX_BLUR,

@@ -1,7 +1,7 @@
 """A style library: image folders, one embedding model, a Chroma index and the caches that keep them honest.
 
-This is the engine's public face (the nodes and the CLI use only this and :mod:`.query`):
-``open_library`` → :class:`StyleLibrary` with ``sync``, ``add``, ``query`` and ``entries``.
+``open_library`` → :class:`StyleLibrary` with ``sync``, ``add_many``, ``query`` and ``entries``; the nodes and
+the CLI reach them through the engine's face (``retrieval/__init__.py``), as every other public name.
 Writes (sync, add, rebuild) take a per-library file lock, because two processes writing one
 Chroma store silently lose vectors; readers notice other processes' writes through the
 generation counter and reopen the store. A damaged store or SQLite file is moved aside and
@@ -43,6 +43,7 @@ from .query import (
     top_k_of_scores,
 )
 from .state import FileRecord, SyncState
+from .style_labels import checked_name, checked_tags
 from .style_matrices import StyleMatrices
 from .sync import LibraryStores, SyncReport
 
@@ -236,7 +237,7 @@ class StyleLibrary:
 
         Raises:
             LibraryError: no writable folder, a filename outside it, an empty name or one with control
-                characters, or unequal lengths.
+                characters, a name or tags beyond :mod:`.style_labels`' limits, or unequal lengths.
             AccessDeniedError: ``access`` does not let the folder or a file be written.
             InvalidImageError: an image cannot be read, or could not be indexed.
         """
@@ -248,15 +249,8 @@ class StyleLibrary:
             raise LibraryError(
                 f"add_many got {len(images)} images, {len(names)} names and {len(wanted)} filenames; give one each."
             )
-        if any(not n.strip() for n in names):
-            raise LibraryError("A new style has an empty name; give it a name such as 'watercolour sketch'.")
-        for name in names:
-            if control_characters(name):
-                raise LibraryError(
-                    f"The style name {name!r} contains control characters ({', '.join(control_characters(name))}); "
-                    "remove them (a name is one line of text)."
-                )
-        tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
+        names = [checked_name(name) for name in names]
+        tags = checked_tags(list(tags) if not isinstance(tags, str) else tags)
         suffixes = []
         for image in images:
             if isinstance(image, Path):
@@ -277,7 +271,7 @@ class StyleLibrary:
                 taken |= {relpath, _sidecar_relpath(relpath)}
                 if access is not None:  # the resolved files, before any of the batch is written
                     for path in (relpath, _sidecar_relpath(relpath)):
-                        access.writable(root.path / path, input_name=f"file for the style {name.strip()!r}",
+                        access.writable(root.path / path, input_name=f"file for the style {name!r}",
                                         base=root.path)
                 planned.append(relpath)
             for image, name, relpath in zip(images, names, planned, strict=True):
@@ -287,7 +281,7 @@ class StyleLibrary:
                     shutil.copyfile(image, target)
                 else:
                     write_image(target, image)
-                sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
+                sidecar = {"name": name, "tags": list(tags), **(text or {})}
                 (root.path / _sidecar_relpath(relpath)).write_text(
                     json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
                 )
