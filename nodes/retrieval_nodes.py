@@ -311,7 +311,7 @@ class ClipStyleRetriever(io.ComfyNode):
                     "text_weight", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                     tooltip="How much the styles' own words count: each score mixes the cosine of the query with "
                     "the style image (1 - text_weight) and of the prompt with the style's name, tags and "
-                    "description (text_weight), both from the same CLIP. 0 = images only (as before), 1 = words "
+                    "description (text_weight), both from the same CLIP. 0 = images only, 1 = words "
                     "only. Prompt-to-words cosines run higher than prompt-to-image ones (CLIP's modality gap), so "
                     "a small weight already counts: start around 0.1-0.3. Without a prompt (a query image alone) "
                     "it has no effect: the words are compared with the prompt, never with the image.",

@@ -87,8 +87,8 @@ class StyleLibrary:
         key = hashlib.sha256(identity.encode()).hexdigest()[:10]
         # One collection per library, whatever the model: the model key and dimension are recorded in
         # its metadata and checked on open (LibraryModelMismatchError), and rebuild_index replaces it.
-        # Older versions put the model key in the name, so every model switch left a collection behind;
-        # those (this name + "-<model>") are dropped by the first sync under this name and by rebuilds.
+        # Per-model copies of this library's index in the same store (this name + "-<model>") are dropped by the
+        # first sync under this name and by rebuilds.
         self.collection = collection_name("styles", self.name[:60], key)
         location: str | Path = chroma_url if chroma_url else self.store_dir / "chroma"
         if chroma_url and not is_url(chroma_url):
@@ -167,7 +167,7 @@ class StyleLibrary:
         """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch.
 
         A rebuild also replaces an index built with another embedding model, and (like the first sync of
-        a library) drops the collections older versions kept per model for this library.
+        a library) drops the store's per-model copies of this library's index (``<collection>-<model>``).
         """
         if rebuild:
             self.index.open(replace_other_model=True)
@@ -184,7 +184,7 @@ class StyleLibrary:
                 dropped = []  # a tidy-up only: a damaged store is found and healed by the sync itself
             if dropped:
                 self.state.forget(dropped)
-                logger.info("Style library %s: dropped the index collections of older versions: %s.",
+                logger.info("Style library %s: dropped its per-model index collections: %s.",
                             self.name, ", ".join(dropped))
         return self.stores.sync(self.synced_records, rebuild=rebuild, progress=progress)
 
@@ -318,7 +318,7 @@ class StyleLibrary:
 
         A style's score is its image's cosine with the query, mixed with the cosine of the prompt and the
         style's words (name, tags, description) by ``query.text_weight``; at 0 (and for a query without a
-        prompt) the ranking is the image index's alone, as before words were read. Each match also
+        prompt) the ranking is the image index's alone. Each match also
         carries its standing among all the library's styles for this query (z-score, rank percentile).
 
         Raises:
