@@ -89,6 +89,7 @@ print(ours, len(routes))
     assert registered == f"{NODE_IDS} 7", registered
 
 
+@pytest.mark.node
 def test_comfyuis_parser_reads_the_registry_metadata(unpacked: Path) -> None:
     assert (COMFYUI_DIR / "comfy_config").is_dir(), f"no ComfyUI in {COMFYUI_DIR}; run ./dev.sh setup"
     code = f"""
