@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo [ARGS]     the main job: start ComfyUI with the pack, render an example sketch
 #   ./dev.sh serve [ARGS]    ComfyUI with the pack on http://127.0.0.1:8188, for the graph editor
-#   ./dev.sh test [ARGS]     the whole test suite: ruff, mypy, import layering, pytest (ARGS go to pytest)
+#   ./dev.sh test [ARGS]     the whole test suite: ruff, mypy, import layering, bandit, pytest (ARGS go to pytest)
 #   ./dev.sh bench NAME      run bench/NAME.py
 #   ./dev.sh setup           install only
 set -euo pipefail
@@ -55,6 +55,8 @@ case "$cmd" in
     log "ruff"; "$VENV/bin/ruff" check .
     log "mypy"; "$VENV/bin/mypy" .
     log "import layering"; "$PY" tools/check_layers.py
+    log "bandit (the Registry archive's Python files)"
+    "$PY" tools/registry_archive.py --py | xargs "$VENV/bin/bandit" -q -ll
     log "pytest"; exec "$PY" -m pytest "$@"
     ;;
   bench) setup; name=$1; shift; exec "$PY" "bench/$name.py" "$@" ;;

@@ -174,10 +174,12 @@ class InProcessRenderer:
         self.library: Any = None
 
     def _inputs(self, graph: Mapping[str, Any], class_type: str) -> dict[str, Any]:
+        from sketch_rag.cli.workflows import resolved
+
         found = [node["inputs"] for node in graph.values() if node["class_type"] == class_type]
         if len(found) != 1:
             raise RuntimeError(f"the bundled workflow has {len(found)} {class_type} nodes; this bench expects one.")
-        return dict(found[0])
+        return {name: resolved(dict(graph), value) for name, value in found[0].items()}  # the one prompt's text
 
     def _open_library(self, embedding_model: str) -> Any:
         """The default library (shipped styles + an empty user folder), as the Style Library node opens it."""

@@ -75,7 +75,7 @@ def _batch(args: argparse.Namespace) -> int:
     ui = load_ui_workflow(args.workflow) if bundled else None
     embedder = None
     if args.clip_model is not None:
-        from ..retrieval.embedder import ClipEmbedder
+        from ..retrieval import ClipEmbedder
 
         embedder = ClipEmbedder.load(args.clip_model.resolve())
     settings = BatchSettings(workflow=workflow, out_dir=args.out, ui_workflow=ui, common=common, embedder=embedder,

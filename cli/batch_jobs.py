@@ -24,8 +24,8 @@ from typing import Any
 from ..errors import InvalidImageError, JobFileError
 from ..hashing import sha256_file
 from ..imaging import decode_image
-from ..rendering import render_request as rr
-from ..retrieval.query import MAX_K
+from ..rendering import MAX_CONTROLNET_SCALE, MAX_IP_ADAPTER_SCALE, MAX_SEED
+from ..retrieval import MAX_K
 
 logger = logging.getLogger(__name__)
 
@@ -235,11 +235,11 @@ def _row_jobs(row: Any, base: Path, sketches: _SketchChecks) -> tuple[list[Job],
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be a {convert.__name__}, got {values[name]!r}") from None
             values[name] = number
-    if not 0 <= values.get("seed", 0) <= rr.MAX_SEED:
-        raise ValueError(f"seed {values['seed']} is outside 0..{rr.MAX_SEED}")
+    if not 0 <= values.get("seed", 0) <= MAX_SEED:
+        raise ValueError(f"seed {values['seed']} is outside 0..{MAX_SEED}")
     if "k" in values and not 1 <= values["k"] <= MAX_K:
         raise ValueError(f"k {values['k']} is outside 1..{MAX_K}")
-    for name, most in (("controlnet_scale", rr.MAX_CONTROLNET_SCALE), ("ip_adapter_scale", rr.MAX_IP_ADAPTER_SCALE)):
+    for name, most in (("controlnet_scale", MAX_CONTROLNET_SCALE), ("ip_adapter_scale", MAX_IP_ADAPTER_SCALE)):
         if name in values and not 0.0 <= values[name] <= most:
             raise ValueError(f"{name} {values[name]} is outside 0..{most:g}")
     sketch = Path(values.pop("sketch")).expanduser()

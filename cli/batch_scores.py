@@ -24,7 +24,7 @@ def structure_fidelity(sketch: np.ndarray, render: np.ndarray, tolerance: int = 
     """F1 agreement in [0, 1] of the sketch's and the render's Canny edges at the render's size."""
     import cv2
 
-    from ..rendering.canny import CannySettings, sketch_to_edges
+    from ..rendering import CannySettings, sketch_to_edges
 
     height, width = render.shape[:2]
     sketch_small = cv2.resize(sketch.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)

@@ -16,7 +16,7 @@ from ..errors import LibraryError
 from .paths import HOME
 
 if TYPE_CHECKING:  # the engine is imported only when a command runs, so `--help` stays fast
-    from ..retrieval.locations import InputNames, LibraryHome, LibraryLocation
+    from ..retrieval import InputNames, LibraryHome, LibraryLocation
 
 
 
@@ -75,8 +75,7 @@ def cli_location(folder: Path | None, store: str, model: str | None, models_dir:
     """
     from ..access import AccessPolicy
     from ..model_folders import STYLE_CLIP
-    from ..retrieval.library import SHIPPED_LIBRARY
-    from ..retrieval.locations import InputNames, LibraryHome, resolve_location
+    from ..retrieval import SHIPPED_LIBRARY, InputNames, LibraryHome, resolve_location
 
     home = LibraryHome(HOME, (models_dir / STYLE_CLIP,), relative_base=Path.cwd())
     flags = names or InputNames(folder="--folder", store="--store", model="--model")
@@ -90,8 +89,7 @@ def cli_location(folder: Path | None, store: str, model: str | None, models_dir:
 
 
 def _open(args: argparse.Namespace, rebuild: bool = False) -> tuple[Any, Any]:
-    from ..retrieval.embedder import ClipEmbedder
-    from ..retrieval.library import open_library
+    from ..retrieval import ClipEmbedder, open_library
 
     location, home = cli_location(args.folder, args.store, args.model, args.models_dir)
     embedder = ClipEmbedder.load(location.model, allow_download=args.allow_download, search_dirs=home.model_dirs)
@@ -124,7 +122,7 @@ def _add(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     from ..imaging import read_image
-    from ..retrieval.query import StyleQuery
+    from ..retrieval import StyleQuery
 
     library, _ = _open(args)
     image = read_image(args.image) if args.image else None

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SketchRagError
-from ..rendering.canny import MODES
+from ..rendering import MODES
 from .batch_cmd import register as register_batch
 from .demo_cmd import register as register_demo
 from .library_cmd import register as register_library
@@ -117,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _canny(args: argparse.Namespace) -> int:
     from ..imaging import read_image, write_image
-    from ..rendering.canny import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, CannySettings, sketch_to_edges
+    from ..rendering import DEFAULT_HIGH_THRESHOLD, DEFAULT_LOW_THRESHOLD, CannySettings, sketch_to_edges
 
     settings = CannySettings(
         low_threshold=DEFAULT_LOW_THRESHOLD if args.low_threshold is None else args.low_threshold,

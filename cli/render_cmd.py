@@ -20,8 +20,18 @@ from .paths import HOME
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``render`` command."""
-    from ..rendering import render_request as rr
-    from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+    from ..rendering import (
+        CLIP_SKIP_CHOICES,
+        DEFAULT_CONTROLNET_SCALE,
+        DEFAULT_GUIDANCE_SCALE,
+        DEFAULT_HIRES_DENOISE,
+        DEFAULT_IP_ADAPTER_MODE,
+        DEFAULT_IP_ADAPTER_SCALE,
+        DEFAULT_SAMPLER,
+        DEFAULT_STEPS,
+        SAMPLER_NAMES,
+        IpAdapterMode,
+    )
 
     render = commands.add_parser("render", help="render a sketch in a style (SD1.5 + ControlNet + IP-Adapter)")
     render.add_argument("--sketch", type=Path, required=True, help="the sketch image")
@@ -37,15 +47,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     render.add_argument("--out", type=Path, required=True, help="output PNG")
     render.add_argument("--seed", type=int, default=0)
-    render.add_argument("--steps", type=int, default=rr.DEFAULT_STEPS)
+    render.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     render.add_argument("--negative-prompt", default="blurry, low quality")
-    render.add_argument("--guidance-scale", type=float, default=rr.DEFAULT_GUIDANCE_SCALE)
-    render.add_argument("--controlnet-scale", type=float, default=rr.DEFAULT_CONTROLNET_SCALE)
-    render.add_argument("--ip-adapter-scale", type=float, default=rr.DEFAULT_IP_ADAPTER_SCALE)
+    render.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
+    render.add_argument("--controlnet-scale", type=float, default=DEFAULT_CONTROLNET_SCALE)
+    render.add_argument("--ip-adapter-scale", type=float, default=DEFAULT_IP_ADAPTER_SCALE)
     render.add_argument(
         "--mode",
-        choices=[m.value for m in rr.IpAdapterMode],
-        default=rr.DEFAULT_IP_ADAPTER_MODE.value,
+        choices=[m.value for m in IpAdapterMode],
+        default=DEFAULT_IP_ADAPTER_MODE.value,
         help="IP-Adapter blocks: style (default), composition, style_and_composition, full",
     )
     render.add_argument(
@@ -56,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "canny = Canny edges of both sides of every stroke",
     )
     render.add_argument("--upscale", type=float, default=1.0, help="above 1 (up to 2): add a hires pass")
-    render.add_argument("--hires-denoise", type=float, default=rr.DEFAULT_HIRES_DENOISE)
+    render.add_argument("--hires-denoise", type=float, default=DEFAULT_HIRES_DENOISE)
     render.add_argument(
         "--sampler",
         choices=SAMPLER_NAMES,
@@ -66,7 +76,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     render.add_argument(
         "--clip-skip",
         type=int,
-        choices=rr.CLIP_SKIP_CHOICES,
+        choices=CLIP_SKIP_CHOICES,
         default=1,
         help="1: CLIP's last layer (default); 2: the penultimate (ComfyUI's CLIP Set Last Layer -2)",
     )
@@ -83,7 +93,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _pick(models_dir: Path, kind: str, name: str | None) -> Path:
-    from ..rendering.model_files import candidates, resolve_model
+    from ..rendering import candidates, resolve_model
 
     folder = models_dir / kind
     if name is None:
@@ -96,10 +106,7 @@ def _pick(models_dir: Path, kind: str, name: str | None) -> Path:
 
 def _style_from_library(args: argparse.Namespace) -> tuple[Path, str, float]:
     """The library's best match for the prompt: (image path, name, score)."""
-    from ..retrieval.embedder import ClipEmbedder
-    from ..retrieval.library import open_library
-    from ..retrieval.locations import InputNames
-    from ..retrieval.query import StyleQuery
+    from ..retrieval import ClipEmbedder, InputNames, StyleQuery, open_library
     from .library_cmd import cli_location
 
     if not args.library.is_dir():
@@ -124,10 +131,7 @@ def _render(args: argparse.Namespace) -> int:
     import torch
 
     from ..imaging import read_image, write_image
-    from ..rendering.canny import CannySettings, sketch_to_edges
-    from ..rendering.model_cache import DEFAULT_CACHE
-    from ..rendering.pipeline_spec import PipelineSpec
-    from ..rendering.render_request import IpAdapterMode, RenderRequest
+    from ..rendering import DEFAULT_CACHE, CannySettings, IpAdapterMode, PipelineSpec, RenderRequest, sketch_to_edges
 
     if args.style is not None:
         style_path, style_name, score = args.style, args.style.stem, None

@@ -272,19 +272,27 @@ def graph_differences(first: Graph, second: Graph) -> list[str]:
 # -- job fields -> graph inputs ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Target:
-    """One graph input a job field sets: every node of ``class_type`` (optionally with ``title``) gets it."""
+    """One graph input a job field sets: every node of ``class_type`` (optionally with ``title``) gets it.
+
+    An input wired to another node's output takes its value from there, so a field leaves it alone, unless
+    ``replaces_link``: then the field's value replaces the link (a style query that differs from the prompt).
+    """
 
     class_type: str
     input: str
     title: str | None = None
+    replaces_link: bool = False
 
 
 BINDINGS: dict[str, tuple[Target, ...]] = {
     "sketch": (Target("LoadImage", "image", "sketch"),),
-    "prompt": (Target("SketchRAGHybridSampler", "prompt"), Target("SketchRAGClipStyleRetriever", "prompt"),
+    # sketch_to_render asks for the prompt once: a string node titled "prompt" wired into the retriever and the
+    # sampler. A workflow that types it into each node gets it written into each.
+    "prompt": (Target("PrimitiveStringMultiline", "value", "prompt"), Target("SketchRAGHybridSampler", "prompt"),
+               Target("SketchRAGClipStyleRetriever", "prompt"),
                Target("CLIPTextEncode", "text", "positive prompt")),
     # Set after "prompt", so a separate style query overrides what the retriever searches for.
-    "style_query": (Target("SketchRAGClipStyleRetriever", "prompt"),),
+    "style_query": (Target("SketchRAGClipStyleRetriever", "prompt", replaces_link=True),),
     "negative_prompt": (Target("SketchRAGHybridSampler", "negative_prompt"),
                         Target("CLIPTextEncode", "text", "negative prompt")),
     "seed": (Target("SketchRAGHybridSampler", "seed"), Target("KSampler", "seed")),
@@ -309,14 +317,32 @@ BINDINGS: dict[str, tuple[Target, ...]] = {
 }
 
 
+def is_link(value: Any) -> bool:
+    """Whether an API-format input value is a link to another node's output (``[node id, output index]``)."""
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+PRIMITIVE_TYPES = frozenset({"PrimitiveString", "PrimitiveStringMultiline", "PrimitiveInt", "PrimitiveFloat",
+                             "PrimitiveBoolean"})
+"""ComfyUI core's value nodes: one ``value`` input, passed on unchanged (``comfy_extras/nodes_primitive.py``)."""
+
+
+def resolved(graph: Graph, value: Any) -> Any:
+    """An input's value as the node receives it: a link to one of core's value nodes is followed to that value."""
+    while is_link(value) and graph.get(value[0], {}).get("class_type") in PRIMITIVE_TYPES:
+        value = graph[value[0]]["inputs"]["value"]
+    return value
+
+
 def targets(graph: Graph, field_name: str) -> list[tuple[str, str]]:
-    """The ``(node id, input)`` pairs a job field sets in this graph."""
+    """The ``(node id, input)`` pairs a job field sets in this graph (see :class:`Target` for wired inputs)."""
     found = []
     for target in BINDINGS[field_name]:
         for node_id, node in graph.items():
             title = node.get("_meta", {}).get("title")
             if node["class_type"] == target.class_type and (target.title is None or title == target.title):
-                found.append((node_id, target.input))
+                if target.replaces_link or not is_link(node.get("inputs", {}).get(target.input)):
+                    found.append((node_id, target.input))
     return found
 
 

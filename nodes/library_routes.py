@@ -2,11 +2,11 @@
 
 An adapter like the nodes: every route resolves its library from the same three parameters as
 the Style Library node (``library``, ``store``, ``model`` = ``library_folder``, ``store``,
-``embedding_model``) through :mod:`..retrieval.locations` under the same :class:`~..access.AccessPolicy`,
-and gets the very library object (and CLIP) the node uses from ``retrieval_nodes.shared_library``.
-Styles are named by id and looked up among the library's records, never opened as paths, so no
-``..``, absolute path or encoded traversal reaches a file. The contract the tab codes against is
-written in ``/work/prompts/library_api.md`` and the README's "Style Library tab" section.
+``embedding_model``) through the engine's ``resolve_location`` under the same :class:`~..access.AccessPolicy`
+(``comfy_folders.access_policy``), and gets the very library object (and CLIP) the node uses from
+``retrieval_nodes.shared_library``. Styles are named by id and looked up among the library's records, never
+opened as paths, so no ``..``, absolute path or encoded traversal reaches a file. The contract the tab codes
+against is the README's "Style Library tab" section.
 
 Engine calls block (CLIP, Chroma, file I/O), so each runs on a thread of the routes' own pools
 (:data:`READS`, :data:`WRITES`), never on ComfyUI's event loop, and reads never queue behind writes.
@@ -59,26 +59,33 @@ from ..errors import (
     UploadTooLargeError,
 )
 from ..imaging import decode_image
-from ..retrieval.file_names import numbered_names
-from ..retrieval.folder import default_name
-from ..retrieval.images import EMBED_SIDE, open_rgb
-from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary
-from ..retrieval.library_edits import (
+from ..retrieval import (
+    EMBED_SIDE,
+    MAX_K,
+    MAX_NAME_CHARS,
+    SHIPPED_LIBRARY,
+    FileRecord,
+    StyleLibrary,
+    StyleMatch,
+    StyleQuery,
     checked_name,
     checked_tags,
+    default_name,
     edit_style,
     find_style,
+    numbered_names,
+    open_rgb,
     open_style,
     read_style,
+    resolve_location,
     root_of,
+    thumbnail,
+    thumbnail_path,
     trash_style,
 )
-from ..retrieval.locations import resolve_location
-from ..retrieval.query import MAX_K, StyleMatch, StyleQuery
-from ..retrieval.state import FileRecord
-from ..retrieval.thumbnails import thumbnail, thumbnail_path
+from .comfy_folders import access_policy, library_home, user_dir
 from .comfy_host import max_upload_bytes, route_table
-from .retrieval_nodes import _home, _policy, _user_dir, shared_library
+from .retrieval_nodes import shared_library
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +175,10 @@ class LibraryParams:
 def open_library_for(params: LibraryParams, policy: AccessPolicy, *, sync: bool) -> StyleLibrary:
     """The node's library for these parameters, resolved and checked exactly as the node does.
 
-    ``policy`` is built once per request (``retrieval_nodes._policy``, which sees config edits at once)
+    ``policy`` is built once per request (``comfy_folders.access_policy``, which sees config edits at once)
     and used for every check of that request.
     """
-    location = resolve_location(params.library, params.store, params.model, policy=policy, home=_home())
+    location = resolve_location(params.library, params.store, params.model, policy=policy, home=library_home())
     # The node's cache is keyed by its embedding_model input, whose default is the first CLIP folder.
     return shared_library(location, params.model.strip() or location.model, sync=sync)
 
@@ -203,7 +210,7 @@ def writable_library(params: LibraryParams, policy: AccessPolicy) -> StyleLibrar
 
 def in_write_scope(library: StyleLibrary, policy: AccessPolicy) -> bool:
     """Whether every writable folder of ``library`` is a library folder the routes may change."""
-    home = Path(os.path.realpath(_user_dir()))
+    home = Path(os.path.realpath(user_dir()))
     for root in (r for r in library.roots if r.writable):
         path = Path(os.path.realpath(root.path))
         if not (path == home / "styles" or path.is_relative_to(home / "libraries") or policy.listed_writable(path)):
@@ -248,7 +255,7 @@ def public_message(message: str) -> str:
             folder_paths.models_dir: "<models>", str(SHIPPED_LIBRARY): "<shipped styles>",
             folder_paths.base_path: "<ComfyUI>", str(Path(__file__).resolve().parents[1]): "<sketch_rag>",
         })
-        named.update({str(p): "<listed folder>" for p in _policy().listed_folders()})
+        named.update({str(p): "<listed folder>" for p in access_policy().listed_folders()})
     except SketchRagError:
         pass  # a broken config file: ComfyUI's own folders are still replaced
     variants = {}
@@ -342,7 +349,7 @@ async def list_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=False)
         library.sync_if_changed()  # picks up files dropped into the folder by hand; one stat per folder if none
         records = library.entries()
@@ -376,12 +383,12 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> tuple[Path, str]:
-        policy = _policy()
+        policy = access_policy()
         library = open_library_for(params, policy, sync=False)
         record = find_style(library, item_id)
         policy.readable(root_of(library, record).path, input_name=f"folder of the style {item_id!r}",
                         base=library.path_of(record).parent)
-        cache = policy.writable(_user_dir() / "thumbnails", input_name="thumbnail folder", base=_user_dir())
+        cache = policy.writable(user_dir() / "thumbnails", input_name="thumbnail folder", base=user_dir())
         with open_style(library, record) as opened:  # no link followed, even for a cached thumbnail
             info = os.fstat(opened.fileno())
             if (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns):
@@ -403,7 +410,7 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 async def get_image(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
     item_id = _required_id(request.query)
-    path, data, sha256 = await in_thread(READS, lambda: _served_file(params, item_id, _policy()))
+    path, data, sha256 = await in_thread(READS, lambda: _served_file(params, item_id, access_policy()))
     cache = IMMUTABLE if request.query.get("v") == sha256[:16] else "no-cache"
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return web.Response(body=data, content_type=content_type,
@@ -443,7 +450,7 @@ async def search_styles(request: web.Request) -> web.StreamResponse:
     query = _search_query(await _json_body(request))
 
     def work() -> dict[str, Any]:
-        library = open_library_for(params, _policy(), sync=False)
+        library = open_library_for(params, access_policy(), sync=False)
         start = time.perf_counter()
         matches = library.query(query)  # the CLIP Style Retriever's own call: the same ranking
         elapsed = (time.perf_counter() - start) * 1000
@@ -574,7 +581,7 @@ def _upload_names(uploads: list[Upload], name: str) -> list[str]:
     names = []
     for upload in uploads:
         stem = posixpath.basename(upload.filename.replace("\\", "/"))
-        names.append(checked_name(default_name(stem)[:200]) if stem.strip(" ._-") else "uploaded style")
+        names.append(checked_name(default_name(stem)[:MAX_NAME_CHARS]) if stem.strip(" ._-") else "uploaded style")
     return names
 
 
@@ -583,7 +590,7 @@ async def add_styles(request: web.Request) -> web.StreamResponse:
     params = LibraryParams.from_query(request.query)
 
     def writable() -> tuple[StyleLibrary, AccessPolicy]:
-        policy = _policy()
+        policy = access_policy()
         return writable_library(params, policy), policy
 
     # A library this caller may not write is refused before a byte of the upload is read.
@@ -627,7 +634,7 @@ async def edit_styles(request: web.Request) -> web.StreamResponse:
         raise InvalidParameterError(f"The id is {item_id!r}; give the id of a style from the style list.")
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = writable_library(params, policy)
         with _write_lock:
             record = edit_style(library, item_id, name=body.get("name"), tags=body.get("tags"), access=policy)
@@ -642,11 +649,11 @@ async def remove_style(request: web.Request) -> web.StreamResponse:
     item_id = _required_id(request.query)
 
     def work() -> dict[str, Any]:
-        policy = _policy()
+        policy = access_policy()
         library = writable_library(params, policy)
         user = Path(folder_paths.get_user_directory()).resolve()
         with _write_lock:
-            trashed = trash_style(library, item_id, _user_dir() / "trash", access=policy)
+            trashed = trash_style(library, item_id, user_dir() / "trash", access=policy)
         return {
             "trashed": trashed.folder.relative_to(user).as_posix(),
             "files": [f.relative_to(user).as_posix() for f in trashed.files],

@@ -13,10 +13,11 @@ from typing import Any
 from comfy_api.v0_0_2 import io
 
 from ..model_folders import LORAS
-from ..rendering.lora import MAX_LORA_STRENGTH
+from ..rendering import MAX_LORA_STRENGTH
 from .common import CATEGORY, NODE_PREFIX
 from .input_checks import unknown_options
-from .sampler_nodes import PipelineSpecType, _checked_spec, _choices, _full_path
+from .model_choices import choices, full_path
+from .pipeline_socket import PipelineSpecType, checked_spec
 
 
 class HybridLoRA(io.ComfyNode):
@@ -34,7 +35,7 @@ class HybridLoRA(io.ComfyNode):
                 PipelineSpecType.Input("pipeline", tooltip="From the Hybrid Pipeline Loader or another Hybrid LoRA."),
                 io.Combo.Input(
                     "lora",
-                    options=_choices(LORAS),
+                    options=choices(LORAS),
                     tooltip="An SD1.5 LoRA from models/loras, kohya/A1111 or diffusers layout (.safetensors).",
                 ),
                 io.Float.Input(
@@ -60,11 +61,10 @@ class HybridLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipeline: Any, lora: str, strength: float = 1.0) -> io.NodeOutput:
-        from ..rendering.lora import check_strength
-        from ..rendering.model_cache import DEFAULT_CACHE
+        from ..rendering import DEFAULT_CACHE, check_strength
 
-        given = _checked_spec(pipeline)
-        path = _full_path(LORAS, lora)
+        given = checked_spec(pipeline)
+        path = full_path(LORAS, lora)
         spec = dataclasses.replace(given, loras=(*given.loras, (path, check_strength(strength, path))))
         DEFAULT_CACHE.get(spec)  # read, check and fuse now, so a bad file fails on this node
         return io.NodeOutput(spec)

@@ -6,7 +6,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..errors import InvalidParameterError
-from ..rendering.canny import (
+from ..rendering import (
     DEFAULT_HIGH_THRESHOLD,
     DEFAULT_LOW_THRESHOLD,
     MAX_BLUR,

@@ -14,22 +14,36 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import folder_paths
 import numpy as np
 import torch
 from comfy_api.v0_0_2 import io, ui
 from PIL import Image, ImageDraw
 
-from ..access import AccessPolicy
 from ..errors import InvalidImageError, LibraryError, SketchRagError
 from ..model_folders import STYLE_CLIP
-from ..retrieval.embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
-from ..retrieval.file_names import numbered_names
-from ..retrieval.folder import IMAGE_EXTENSIONS, LibraryRoot, normalise_tags
-from ..retrieval.images import square_reference
-from ..retrieval.library import SHIPPED_LIBRARY, StyleLibrary, open_library
-from ..retrieval.locations import LibraryHome, LibraryLocation, library_roots, resolve_location, store_location
-from ..retrieval.query import DEFAULT_TEMPERATURE, MAX_K, StyleMatch, StyleQuery
+from ..retrieval import (
+    DEFAULT_HUB_MODEL,
+    DEFAULT_TEMPERATURE,
+    IMAGE_EXTENSIONS,
+    MAX_K,
+    ClipEmbedder,
+    LibraryLocation,
+    LibraryRoot,
+    StyleLibrary,
+    StyleMatch,
+    StyleQuery,
+    checked_name,
+    checked_tags,
+    clip_folder_names,
+    library_roots,
+    normalise_tags,
+    numbered_names,
+    open_library,
+    resolve_location,
+    square_reference,
+    store_location,
+)
+from .comfy_folders import access_policy, library_home, style_clip_dirs
 from .comfy_host import ManagedModels, Progress, raise_if_interrupted, torch_device
 from .common import CATEGORY, NODE_PREFIX
 from .input_checks import unknown_options
@@ -46,40 +60,8 @@ _libraries: dict[tuple[str, ...], StyleLibrary] = {}
 _cache_lock = threading.Lock()
 
 
-def _model_dirs() -> list[Path]:
-    """The folders the embedding-model dropdown lists, registering ``models/style_clip`` on first use."""
-    if STYLE_CLIP not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(
-            STYLE_CLIP, os.path.join(folder_paths.models_dir, STYLE_CLIP), is_default=True
-        )
-    return [Path(p) for p in folder_paths.get_folder_paths(STYLE_CLIP)]
-
-
 def _model_options() -> list[str]:
-    return [*clip_folder_names(_model_dirs()), DEFAULT_HUB_MODEL]
-
-
-def _user_dir() -> Path:
-    return Path(folder_paths.get_user_directory()) / "sketch_rag"
-
-
-def _home() -> LibraryHome:
-    return LibraryHome(_user_dir(), tuple(_model_dirs()))
-
-
-def _policy() -> AccessPolicy:
-    """ComfyUI's user, input, output and models folders, the shipped styles (read-only) and the config's list.
-
-    Built per execution (the config file is re-read only when it changed), so an edit to
-    ``user/sketch_rag/config.json`` applies to the next queue without a restart.
-    """
-    user = folder_paths.get_user_directory()
-    return AccessPolicy.for_comfyui(
-        writable=[user, folder_paths.get_input_directory(), folder_paths.get_output_directory(),
-                  folder_paths.models_dir],
-        read_only=[SHIPPED_LIBRARY],
-        user_dir=user,
-    )
+    return [*clip_folder_names(style_clip_dirs()), DEFAULT_HUB_MODEL]
 
 
 def _folder_signature(roots: list[LibraryRoot]) -> str:
@@ -197,7 +179,7 @@ class StyleLibraryLoader(io.ComfyNode):
         # whenever the config file allows or stops allowing the folder or the store (a cached library
         # must not outlive its permission).
         try:
-            policy, home = _policy(), _home()
+            policy, home = access_policy(), library_home()
             roots = library_roots(library_folder, policy, home)
             store_location(store, policy, home)
         except SketchRagError as exc:
@@ -217,7 +199,7 @@ class StyleLibraryLoader(io.ComfyNode):
         allow_download: bool = False,
         rebuild_index: bool = False,
     ) -> io.NodeOutput:
-        location = resolve_location(library_folder, store, embedding_model, policy=_policy(), home=_home())
+        location = resolve_location(library_folder, store, embedding_model, policy=access_policy(), home=library_home())
         progress = _progress_callback(Progress(1))
         library = shared_library(location, embedding_model, allow_download=allow_download, rebuild=rebuild_index,
                                  progress=progress)
@@ -247,7 +229,7 @@ def shared_library(
         if model_key not in _embedders:
             _embedders[model_key] = _managed_embedder(
                 ClipEmbedder.load(
-                    location.model, device=device, allow_download=allow_download, search_dirs=_model_dirs()
+                    location.model, device=device, allow_download=allow_download, search_dirs=style_clip_dirs()
                 )
             )
         embedder = _embedders[model_key]
@@ -341,7 +323,7 @@ class ClipStyleRetriever(io.ComfyNode):
                     "text_weight", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                     tooltip="How much the styles' own words count: each score mixes the cosine of the query with "
                     "the style image (1 - text_weight) and of the prompt with the style's name, tags and "
-                    "description (text_weight), both from the same CLIP. 0 = images only (as before), 1 = words "
+                    "description (text_weight), both from the same CLIP. 0 = images only, 1 = words "
                     "only. Prompt-to-words cosines run higher than prompt-to-image ones (CLIP's modality gap), so "
                     "a small weight already counts: start around 0.1-0.3. Without a prompt (a query image alone) "
                     "it has no effect: the words are compared with the prompt, never with the image.",
@@ -453,8 +435,8 @@ class AddToStyleLibrary(io.ComfyNode):
         if not isinstance(library, StyleLibrary):
             raise LibraryError(f"The library input is a {type(library).__name__}; connect a Style Library node.")
         arrays = image_batch_to_arrays(image, "image")
-        names = numbered_names(name, len(arrays))
-        added = library.add_many(arrays, names, normalise_tags(tags), access=_policy())
+        names = numbered_names(checked_name(name), len(arrays))  # the tab's uploads follow the same rules
+        added = library.add_many(arrays, names, checked_tags(tags), access=access_policy())
         return io.NodeOutput(library, "\n".join(m.item_id for m in added))
 
 

@@ -8,8 +8,6 @@ preview and interrupt into the engine's callbacks, and lets ComfyUI's model mana
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,73 +15,38 @@ from comfy_api.v0_0_2 import io
 
 from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
 from ..precisions import PRECISIONS
-from ..rendering import render_request as rr
-from ..rendering.pipeline_spec import PipelineSpec
-from ..rendering.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from ..rendering import (
+    DEFAULT_CONTROLNET_SCALE,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_HIRES_DENOISE,
+    DEFAULT_IP_ADAPTER_MODE,
+    DEFAULT_IP_ADAPTER_SCALE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    MAX_BATCH,
+    MAX_CONTROLNET_SCALE,
+    MAX_GUIDANCE_SCALE,
+    MAX_IP_ADAPTER_SCALE,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MAX_UPSCALE,
+    SAMPLER_NAMES,
+    IpAdapterMode,
+    RenderRequest,
+)
 from .comfy_host import ManagedModels, interrupt_check, raise_if_interrupted, sampler_progress, torch_device
 from .common import CATEGORY, NODE_PREFIX
 from .input_checks import unknown_options
+from .model_choices import NONE_CHOICE, choices, full_path, register_ipadapter_folder
+from .pipeline_socket import PipelineSpecType, checked_spec
 from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
-
-# The socket carries a PipelineSpec (files + options), not models; its type string is part of saved workflows.
-PipelineSpecType = io.Custom("SKETCHRAG_HYBRID_PIPELINE")
-
-NONE_CHOICE = "none"
-
-
-def _register_ipadapter_folder() -> None:
-    """``models/ipadapter`` is not a core ComfyUI folder; IP-Adapter packs register it, we do too if missing.
-
-    Called when a schema is built (not at import), so importing the pack changes nothing in ComfyUI.
-    """
-    import folder_paths
-
-    if IPADAPTER not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[IPADAPTER] = (
-            [os.path.join(folder_paths.models_dir, IPADAPTER)],
-            folder_paths.supported_pt_extensions,
-        )
-
-
-def _choices(folder: str, optional: bool = False) -> list[str]:
-    import folder_paths
-
-    names = list(folder_paths.get_filename_list(folder))
-    return ([NONE_CHOICE] if optional else []) + names
-
-
-def _checked_spec(pipeline: Any) -> PipelineSpec:
-    """The ``PipelineSpec`` our loader and LoRA nodes pass on; ComfyUI lets an API graph's constant through instead."""
-    from ..errors import InvalidParameterError
-
-    if not isinstance(pipeline, PipelineSpec):
-        raise InvalidParameterError(
-            f"The pipeline input is a {type(pipeline).__name__}; connect a Hybrid Pipeline Loader (or a Hybrid LoRA "
-            "after one) to it."
-        )
-    return pipeline
-
-
-def _full_path(folder: str, name: str) -> Path:
-    """Dropdown name -> path; a name ComfyUI does not know goes to the engine's resolver for its clear error."""
-    import folder_paths
-
-    from ..errors import InvalidParameterError
-    from ..rendering.model_files import resolve_model
-
-    found = folder_paths.get_full_path(folder, name)
-    if found:
-        return Path(found)
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        # ComfyUI's dropdown check stops these in a queued graph; a direct call must not reach outside models/ either.
-        raise InvalidParameterError(f"The {folder} model {name!r} is a path; pick a file name from models/{folder}.")
-    return resolve_model(name, Path(folder_paths.get_folder_paths(folder)[0]), folder)
 
 
 class HybridPipelineLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        _register_ipadapter_folder()
+        register_ipadapter_folder()
         return io.Schema(
             node_id=f"{NODE_PREFIX}HybridPipelineLoader",
             display_name="Hybrid Pipeline Loader (SD1.5 + ControlNet + IP-Adapter)",
@@ -95,24 +58,24 @@ class HybridPipelineLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "checkpoint",
-                    options=_choices(CHECKPOINTS),
+                    options=choices(CHECKPOINTS),
                     tooltip="SD1.5 single-file checkpoint from models/checkpoints.",
                 ),
                 io.Combo.Input(
                     "controlnet",
-                    options=_choices(CONTROLNET),
+                    options=choices(CONTROLNET),
                     tooltip="An SD1.5 ControlNet from models/controlnet (.pth or .safetensors): canny for the Canny "
                     "node's edges or lines, lineart/scribble for its lines mode.",
                 ),
                 io.Combo.Input(
                     "ip_adapter",
-                    options=_choices(IPADAPTER, optional=True),
+                    options=choices(IPADAPTER, optional=True),
                     tooltip="ip-adapter_sd15 or ip-adapter-plus_sd15 from models/ipadapter; 'none' "
                     "renders without style references.",
                 ),
                 io.Combo.Input(
                     "image_encoder",
-                    options=_choices(CLIP_VISION, optional=True),
+                    options=choices(CLIP_VISION, optional=True),
                     tooltip="The ViT-H/14 image encoder the IP-Adapter was trained with, from "
                     "models/clip_vision; 'none' only together with ip_adapter 'none'.",
                 ),
@@ -154,14 +117,14 @@ class HybridPipelineLoader(io.ComfyNode):
         attention_slicing: bool = False,
         vae_tiling: bool = False,
     ) -> io.NodeOutput:
-        from ..rendering.model_cache import DEFAULT_CACHE
+        from ..rendering import DEFAULT_CACHE, PipelineSpec
 
-        _register_ipadapter_folder()
+        register_ipadapter_folder()
         spec = PipelineSpec(
-            checkpoint=_full_path(CHECKPOINTS, checkpoint),
-            controlnet=_full_path(CONTROLNET, controlnet),
-            ip_adapter=None if ip_adapter == NONE_CHOICE else _full_path(IPADAPTER, ip_adapter),
-            image_encoder=None if image_encoder == NONE_CHOICE else _full_path(CLIP_VISION, image_encoder),
+            checkpoint=full_path(CHECKPOINTS, checkpoint),
+            controlnet=full_path(CONTROLNET, controlnet),
+            ip_adapter=None if ip_adapter == NONE_CHOICE else full_path(IPADAPTER, ip_adapter),
+            image_encoder=None if image_encoder == NONE_CHOICE else full_path(CLIP_VISION, image_encoder),
             dtype=dtype,
             device=str(torch_device()),
             attention_slicing=attention_slicing,
@@ -208,9 +171,9 @@ class HybridSampler(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "controlnet_conditioning_scale",
-                    default=rr.DEFAULT_CONTROLNET_SCALE,
+                    default=DEFAULT_CONTROLNET_SCALE,
                     min=0.0,
-                    max=rr.MAX_CONTROLNET_SCALE,
+                    max=MAX_CONTROLNET_SCALE,
                     step=0.05,
                     tooltip="How firmly the edges hold the structure; 0 ignores them.",
                 ),
@@ -232,16 +195,16 @@ class HybridSampler(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "ip_adapter_scale",
-                    default=rr.DEFAULT_IP_ADAPTER_SCALE,
+                    default=DEFAULT_IP_ADAPTER_SCALE,
                     min=0.0,
-                    max=rr.MAX_IP_ADAPTER_SCALE,
+                    max=MAX_IP_ADAPTER_SCALE,
                     step=0.05,
                     tooltip="How strongly the style reference steers the render; 0 ignores it.",
                 ),
                 io.Combo.Input(
                     "ip_adapter_mode",
-                    options=[m.value for m in rr.IpAdapterMode],
-                    default=rr.DEFAULT_IP_ADAPTER_MODE.value,
+                    options=[m.value for m in IpAdapterMode],
+                    default=DEFAULT_IP_ADAPTER_MODE.value,
                     tooltip="Where the reference is injected. style: only the style layers (the three of "
                     "up_blocks.1), as InstantStyle does for SD1.5, to carry colour and brushwork rather than the "
                     "reference's objects; composition: only the layout layers (down_blocks.2 and the mid block); "
@@ -249,16 +212,16 @@ class HybridSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "num_inference_steps",
-                    default=rr.DEFAULT_STEPS,
+                    default=DEFAULT_STEPS,
                     min=1,
-                    max=rr.MAX_STEPS,
+                    max=MAX_STEPS,
                     tooltip="Denoising steps; 20 is plenty for SD1.5 with uni_pc, 4-8 with lcm/tcd.",
                 ),
                 io.Float.Input(
                     "guidance_scale",
-                    default=rr.DEFAULT_GUIDANCE_SCALE,
+                    default=DEFAULT_GUIDANCE_SCALE,
                     min=0.0,
-                    max=rr.MAX_GUIDANCE_SCALE,
+                    max=MAX_GUIDANCE_SCALE,
                     step=0.1,
                     tooltip="Classifier-free guidance (CFG).",
                 ),
@@ -266,7 +229,7 @@ class HybridSampler(io.ComfyNode):
                     "seed",
                     default=0,
                     min=0,
-                    max=rr.MAX_SEED,
+                    max=MAX_SEED,
                     control_after_generate=True,
                     tooltip="Same seed and inputs give the same image.",
                 ),
@@ -274,7 +237,7 @@ class HybridSampler(io.ComfyNode):
                     "width",
                     default=0,
                     min=0,
-                    max=rr.MAX_SIDE,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Output width (multiple of 8); 0 follows the edge map's aspect.",
                 ),
@@ -282,7 +245,7 @@ class HybridSampler(io.ComfyNode):
                     "height",
                     default=0,
                     min=0,
-                    max=rr.MAX_SIDE,
+                    max=MAX_SIDE,
                     step=8,
                     tooltip="Output height (multiple of 8); 0 follows the edge map's aspect.",
                 ),
@@ -290,7 +253,7 @@ class HybridSampler(io.ComfyNode):
                     "batch_size",
                     default=1,
                     min=1,
-                    max=rr.MAX_BATCH,
+                    max=MAX_BATCH,
                     tooltip="Images per edge map. One seed serves the whole output batch, as in KSampler: the same "
                     "seed, edges and batch_size give the same images.",
                 ),
@@ -317,7 +280,7 @@ class HybridSampler(io.ComfyNode):
                     "upscale",
                     default=1.0,
                     min=1.0,
-                    max=rr.MAX_UPSCALE,
+                    max=MAX_UPSCALE,
                     step=0.05,
                     optional=True,
                     tooltip="Above 1: render at the base size, upscale the image (Lanczos, in pixels) and refine it "
@@ -326,7 +289,7 @@ class HybridSampler(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "hires_denoise",
-                    default=rr.DEFAULT_HIRES_DENOISE,
+                    default=DEFAULT_HIRES_DENOISE,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -337,7 +300,7 @@ class HybridSampler(io.ComfyNode):
                     "hires_steps",
                     default=0,
                     min=0,
-                    max=rr.MAX_STEPS,
+                    max=MAX_STEPS,
                     optional=True,
                     tooltip="Steps of the hires pass before hires_denoise shortens them; 0 = num_inference_steps.",
                 ),
@@ -379,13 +342,13 @@ class HybridSampler(io.ComfyNode):
         edges: torch.Tensor,
         style: torch.Tensor | None = None,
         style_weights: str = "",
-        controlnet_conditioning_scale: float = rr.DEFAULT_CONTROLNET_SCALE,
+        controlnet_conditioning_scale: float = DEFAULT_CONTROLNET_SCALE,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
-        ip_adapter_scale: float = rr.DEFAULT_IP_ADAPTER_SCALE,
-        ip_adapter_mode: str = rr.DEFAULT_IP_ADAPTER_MODE.value,
-        num_inference_steps: int = rr.DEFAULT_STEPS,
-        guidance_scale: float = rr.DEFAULT_GUIDANCE_SCALE,
+        ip_adapter_scale: float = DEFAULT_IP_ADAPTER_SCALE,
+        ip_adapter_mode: str = DEFAULT_IP_ADAPTER_MODE.value,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         seed: int = 0,
         width: int = 0,
         height: int = 0,
@@ -393,19 +356,19 @@ class HybridSampler(io.ComfyNode):
         sampler: str = DEFAULT_SAMPLER,
         clip_skip: int = 1,
         upscale: float = 1.0,
-        hires_denoise: float = rr.DEFAULT_HIRES_DENOISE,
+        hires_denoise: float = DEFAULT_HIRES_DENOISE,
         hires_steps: int = 0,
         init_image: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         inpaint_denoise: float = 1.0,
     ) -> io.NodeOutput:
         from ..errors import RenderInterruptedError
-        from ..rendering.model_cache import DEFAULT_CACHE
+        from ..rendering import DEFAULT_CACHE
 
-        spec = _checked_spec(pipeline)
+        spec = checked_spec(pipeline)
         controls = image_batch_to_arrays(edges, "edges")
         styles = image_batch_to_arrays(style, "style") if style is not None else []
-        request = rr.RenderRequest(
+        request = RenderRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
             control_image=controls[0],
@@ -415,7 +378,7 @@ class HybridSampler(io.ComfyNode):
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
             ip_adapter_scale=ip_adapter_scale,
-            ip_adapter_mode=rr.IpAdapterMode(ip_adapter_mode),
+            ip_adapter_mode=IpAdapterMode(ip_adapter_mode),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             seed=seed,
@@ -456,7 +419,7 @@ def pipeline_models() -> ManagedModels:
     ComfyUI's unload releases the engine's cache; a model swap inside the cache drops the entry first (its
     replace listener), so ComfyUI's patcher never keeps the old model alive while the new one loads.
     """
-    from ..rendering.model_cache import DEFAULT_CACHE
+    from ..rendering import DEFAULT_CACHE
 
     managed = _MANAGED.get("pipeline")
     if managed is None:

@@ -220,7 +220,8 @@ def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, sta
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     if path.is_dir():
-        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)
+        # Bandit B615 (no pinned revision): a local folder with local_files_only, nothing is fetched.
+        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, dtype=dtype)  # nosec B615
     else:
         state = state if state is not None else load_state_dict(path)
         dims = arch.image_encoder_dims({k: tuple(v.shape) for k, v in state.items()}, path)

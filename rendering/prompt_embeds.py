@@ -4,7 +4,7 @@ CLIP's text encoder sees 77 positions (BOS + 75 tokens + EOS). diffusers cuts a 
 log line; ComfyUI instead splits the tokens into chunks of 75, wraps each in BOS/EOS (padded with EOS to 77),
 encodes each chunk on its own and concatenates the results along the sequence. The UNet's cross-attention takes
 any sequence length, so the whole prompt steers the render. A prompt of up to 75 tokens is one chunk, token for
-token what diffusers' own ``encode_prompt`` encodes, so short prompts render exactly as before.
+token what diffusers' own ``encode_prompt`` encodes, so a short prompt renders exactly as diffusers renders it.
 
 Positive and negative must have the same length to be batched for CFG. ComfyUI repeats each one to the least
 common multiple of their lengths (``comfy/conds.py``, ``CONDCrossAttn.concat``): attention over keys repeated k

@@ -284,7 +284,8 @@ def _load_processor(folder: Path) -> Any:
     from transformers import CLIPProcessor
 
     with hub_offline():
-        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
+        # Bandit B615 (no pinned revision): a local folder with local_files_only, nothing is fetched.
+        processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)  # nosec B615
     vocab_size = len(processor.tokenizer)
     if vocab_size < 256:
         raise ModelNotFoundError(
@@ -302,7 +303,8 @@ def _load_model(folder: Path, dtype: Any, device: str) -> Any:
 
     start = time.perf_counter()
     with hub_offline():
-        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        # Bandit B615 (no pinned revision): a local folder with local_files_only, nothing is fetched.
+        model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype)  # nosec B615
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
     logger.info("Sketch RAG: loaded CLIP model from %s in %.2f s", folder, time.perf_counter() - start)
     return model
@@ -330,7 +332,11 @@ def _resolve_model_folder(source: str, search_dirs: Sequence[Path], allow_downlo
         patterns = ["*.json", "*.txt", "model.safetensors"]
         try:
             with hub_access(allow_download):
-                return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download))
+                # Bandit B615 (no pinned revision): a revision cannot be pinned for a repository the user names;
+                # the download is opt-in (allow_download, off by default) and fetches only JSON, text and
+                # safetensors, none of it code.
+                snapshot = snapshot_download(source, allow_patterns=patterns, local_files_only=not allow_download)  # nosec B615
+                return Path(snapshot)
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types; all mean "not available"
             logger.debug("hub lookup of %s failed: %s", source, exc)
         if allow_download and process_is_offline():

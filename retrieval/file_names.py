@@ -43,9 +43,3 @@ def style_file_stem(name: str) -> str:
 def control_characters(text: str) -> list[str]:
     """The control characters (NUL, newlines, escapes...) in ``text``, as ``repr``s, for an error message."""
     return sorted({repr(c) for c in text if unicodedata.category(c) == "Cc"})
-
-
-def numbered_names(name: str, count: int) -> list[str]:
-    """Display names for ``count`` styles added together under one name: the name itself for one, else
-    ``name 1``, ``name 2``, … (the Add node and the Style Library tab follow the same rule)."""
-    return [name] if count == 1 else [f"{name} {n + 1}" for n in range(count)]

@@ -278,8 +278,8 @@ class ChromaIndex:
                 raise self._open_error(again) from again
         meta = collection.metadata or {}
         if ((collection.configuration_json or {}).get("hnsw") or {}).get("ef_search", EF_SEARCH) != EF_SEARCH:
-            # An index made by an older version keeps its search breadth until told; Chroma applies the
-            # new one the next time the store is opened.
+            # An index made with another search breadth keeps it until told; Chroma applies EF_SEARCH
+            # the next time the store is opened.
             def modify(_: Any) -> None:
                 with warnings.catch_warnings():  # Chroma re-reads its own record of embedding_function=None as
                     warnings.simplefilter("ignore", DeprecationWarning)  # a "legacy" config and warns about it
@@ -490,8 +490,8 @@ class ChromaIndex:
     def drop_others(self, prefix: str) -> list[str]:
         """Delete the store's other collections whose name starts with ``prefix``; returns their names.
 
-        Older versions named a library's collection after its model too, so each model switch left
-        one behind; the library drops them (its own name + ``-``) when it is first synced or rebuilt.
+        A store may hold per-model copies of a library's index, named after the library and the model; the
+        library drops them (its own name + ``-``) when it is first synced or rebuilt.
         """
         def drop(client: Any) -> list[str]:
             names = [c if isinstance(c, str) else c.name for c in client.list_collections()]

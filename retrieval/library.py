@@ -1,7 +1,7 @@
 """A style library: image folders, one embedding model, a Chroma index and the caches that keep them honest.
 
-This is the engine's public face (the nodes and the CLI use only this and :mod:`.query`):
-``open_library`` → :class:`StyleLibrary` with ``sync``, ``add``, ``query`` and ``entries``.
+``open_library`` → :class:`StyleLibrary` with ``sync``, ``add_many``, ``query`` and ``entries``; the nodes and
+the CLI reach them through the engine's face (``retrieval/__init__.py``), as every other public name.
 Writes (sync, add, rebuild) take a per-library file lock, because two processes writing one
 Chroma store silently lose vectors; readers notice other processes' writes through the
 generation counter and reopen the store. A damaged store or SQLite file is moved aside and
@@ -45,6 +45,7 @@ from .query import (
     top_k_of_scores,
 )
 from .state import FileRecord, SyncState
+from .style_labels import checked_name, checked_tags
 from .style_matrices import StyleMatrices
 from .sync import LibraryStores, SyncReport
 
@@ -98,8 +99,8 @@ class StyleLibrary:
         key = hashlib.sha256(identity.encode()).hexdigest()[:10]
         # One collection per library, whatever the model: the model key and dimension are recorded in
         # its metadata and checked on open (LibraryModelMismatchError), and rebuild_index replaces it.
-        # Older versions put the model key in the name, so every model switch left a collection behind;
-        # those (this name + "-<model>") are dropped by the first sync under this name and by rebuilds.
+        # Per-model copies of this library's index in the same store (this name + "-<model>") are dropped by the
+        # first sync under this name and by rebuilds.
         self.collection = collection_name("styles", self.name[:60], key)
         location: str | Path = chroma_url if chroma_url else self.store_dir / "chroma"
         if chroma_url and not is_url(chroma_url):
@@ -220,7 +221,7 @@ class StyleLibrary:
         """Bring the index in line with the folders (see :mod:`.sync`); ``rebuild`` re-creates it from scratch.
 
         A rebuild also replaces an index built with another embedding model, and (like the first sync of
-        a library) drops the collections older versions kept per model for this library.
+        a library) drops the store's per-model copies of this library's index (``<collection>-<model>``).
         """
         if rebuild:
             self.index.open(replace_other_model=True)
@@ -272,7 +273,7 @@ class StyleLibrary:
                 dropped = []  # a tidy-up only: a damaged store is found and healed by the sync itself
             if dropped:
                 self.state.forget(dropped)
-                logger.info("Style library %s: dropped the index collections of older versions: %s.",
+                logger.info("Style library %s: dropped its per-model index collections: %s.",
                             self.name, ", ".join(dropped))
         return self._keep_healed(self.stores.sync(self.synced_records, rebuild=rebuild, progress=progress))
 
@@ -325,7 +326,7 @@ class StyleLibrary:
 
         Raises:
             LibraryError: no writable folder, a filename outside it, an empty name or one with control
-                characters, or unequal lengths.
+                characters, a name or tags beyond :mod:`.style_labels`' limits, or unequal lengths.
             AccessDeniedError: ``access`` does not let the folder or a file be written.
             InvalidImageError: an image cannot be read, or could not be indexed.
         """
@@ -337,15 +338,8 @@ class StyleLibrary:
             raise LibraryError(
                 f"add_many got {len(images)} images, {len(names)} names and {len(wanted)} filenames; give one each."
             )
-        if any(not n.strip() for n in names):
-            raise LibraryError("A new style has an empty name; give it a name such as 'watercolour sketch'.")
-        for name in names:
-            if control_characters(name):
-                raise LibraryError(
-                    f"The style name {name!r} contains control characters ({', '.join(control_characters(name))}); "
-                    "remove them (a name is one line of text)."
-                )
-        tags = normalise_tags(list(tags) if not isinstance(tags, str) else tags)
+        names = [checked_name(name) for name in names]
+        tags = checked_tags(list(tags) if not isinstance(tags, str) else tags)
         suffixes = []
         for image in images:
             if isinstance(image, Path):
@@ -366,7 +360,7 @@ class StyleLibrary:
                 taken |= {relpath, _sidecar_relpath(relpath)}
                 if access is not None:  # the resolved files, before any of the batch is written
                     for path in (relpath, _sidecar_relpath(relpath)):
-                        access.writable(root.path / path, input_name=f"file for the style {name.strip()!r}",
+                        access.writable(root.path / path, input_name=f"file for the style {name!r}",
                                         base=root.path)
                 planned.append(relpath)
             for image, name, relpath in zip(images, names, planned, strict=True):
@@ -376,7 +370,7 @@ class StyleLibrary:
                     shutil.copyfile(image, target)
                 else:
                     write_image(target, image)
-                sidecar = {"name": name.strip(), "tags": list(tags), **(text or {})}
+                sidecar = {"name": name, "tags": list(tags), **(text or {})}
                 (root.path / _sidecar_relpath(relpath)).write_text(
                     json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
                 )
@@ -414,7 +408,7 @@ class StyleLibrary:
 
         A style's score is its image's cosine with the query, mixed with the cosine of the prompt and the
         style's words (name, tags, description) by ``query.text_weight``; at 0 (and for a query without a
-        prompt) the ranking is the image index's alone, as before words were read. Each match also
+        prompt) the ranking is the image index's alone. Each match also
         carries its standing among all the library's styles for this query (z-score, rank percentile).
 
         Raises:

@@ -31,17 +31,13 @@ from typing import Any, BinaryIO
 
 from ..access import AccessPolicy
 from ..errors import AccessDeniedError, LibraryError, StyleNotFoundError
-from .file_names import control_characters
-from .folder import IMAGE_EXTENSIONS, MANIFEST_NAME, LibraryRoot, normalise_tags
+from .folder import IMAGE_EXTENSIONS, MANIFEST_NAME, LibraryRoot
 from .library import StyleLibrary
 from .state import FileRecord
+from .style_labels import checked_name, checked_tags
 
 logger = logging.getLogger(__name__)
 
-MAX_NAME_CHARS = 200
-"""Longest style name accepted by an edit: a name is a caption, not a description."""
-MAX_TAGS = 64
-MAX_TAG_CHARS = 64
 TRASH_RECORD = "trashed.json"
 """Written into each trash folder: the style's id and where each file was, so it can be put back."""
 
@@ -217,49 +213,6 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
             "edit the style again."
         )
     return data
-
-
-def checked_name(name: Any) -> str:
-    """A style name as an edit stores it: one stripped line of at most :data:`MAX_NAME_CHARS` characters.
-
-    Raises:
-        LibraryError: not a string, empty, too long, or with control characters.
-    """
-    if not isinstance(name, str):
-        raise LibraryError(f"The style name {name!r} is not text; give a name such as 'watercolour sketch'.")
-    stripped = name.strip()
-    if not stripped:
-        raise LibraryError("The style name is empty; give a name such as 'watercolour sketch'.")
-    if control_characters(stripped):
-        raise LibraryError(
-            f"The style name {stripped[:80]!r} contains control characters ({', '.join(control_characters(stripped))});"
-            " remove them (a name is one line of text)."
-        )
-    if len(stripped) > MAX_NAME_CHARS:
-        raise LibraryError(
-            f"The style name {stripped[:40]!r}... is {len(stripped)} characters; use at most {MAX_NAME_CHARS}."
-        )
-    return stripped
-
-
-def checked_tags(tags: Any) -> tuple[str, ...]:
-    """Tags as an edit stores them (normalised like every other tag), within sane limits.
-
-    Raises:
-        LibraryError: not a list of strings or a comma-separated string, too many, too long, or control characters.
-    """
-    if isinstance(tags, list | tuple) and not all(isinstance(t, str) for t in tags):
-        raise LibraryError(f"The tags {tags!r} must all be text; give e.g. ['ink', 'line art'] or 'ink, line art'.")
-    cleaned = normalise_tags(tags)
-    bad = [t for t in cleaned if control_characters(t) or len(t) > MAX_TAG_CHARS]
-    if bad:
-        raise LibraryError(
-            f"The tag {bad[0][:80]!r} is longer than {MAX_TAG_CHARS} characters or has control characters; use "
-            "short words such as 'ink' or 'line art'."
-        )
-    if len(cleaned) > MAX_TAGS:
-        raise LibraryError(f"{len(cleaned)} tags were given; a style takes at most {MAX_TAGS}.")
-    return cleaned
 
 
 def edit_style(

@@ -179,10 +179,14 @@ def check_store_server(url: str, *, timeout: float, input_name: str = "store") -
     """Ask the Chroma server at ``url`` for its heartbeat; any HTTP answer counts as up.
 
     Raises:
-        LibraryError: the connection is refused, times out, or what answers is not an HTTP server.
+        LibraryError: ``url`` is not http(s), the connection is refused, times out, or what answers is not an HTTP
+            server.
     """
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise LibraryError(f"The {input_name} {url!r} is not an http:// or https:// URL; give a Chroma server's URL.")
     try:
-        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):
+        # Bandit B310 (a URL of any scheme): the scheme is http(s), checked above; the policy allowed the host.
+        with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=timeout):  # nosec B310
             pass
     except urllib.error.HTTPError:
         return  # the server answered (an older Chroma without this route, say); its client reports the rest

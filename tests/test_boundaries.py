@@ -38,6 +38,18 @@ def write_pack(root: Path, files: dict[str, str]) -> Path:
         ({"imaging.py": "from sketch_rag.retrieval import x\n", "retrieval/x.py": ""}, "floor imports retrieval"),
         ({"cli/a.py": "from .b import g\n", "cli/b.py": "def g():\n    from .a import h\n"},
          "import circle among: cli.a, cli.b"),
+        ({"nodes/a.py": "from ..retrieval.query import MAX_K\n", "retrieval/__init__.py": "__all__ = ['MAX_K']\n",
+          "retrieval/query.py": ""}, "nodes imports retrieval.query; import its names from the face"),
+        ({"cli/a.py": "def f():\n    import sketch_rag.rendering.canny\n", "rendering/canny.py": ""},
+         "cli imports rendering.canny; import its names from the face"),
+        ({"cli/a.py": "from ..rendering import hidden\n", "rendering/__init__.py": "__all__ = ['shown']\n"},
+         "cli imports hidden from rendering, which the face's __all__ does not list"),
+        ({"nodes/a.py": "from .. import rendering\n", "rendering/__init__.py": "__all__ = ['shown']\n"},
+         "nodes imports the module from rendering"),
+        ({"nodes/a.py": "from .b import _helper\n", "nodes/b.py": "def _helper(): ...\n"},
+         "imports the private name _helper from nodes.b"),
+        ({"rendering/a.py": "def f():\n    from .b import _cache\n", "rendering/b.py": ""},
+         "imports the private name _cache from rendering.b"),
     ],
 )
 def test_the_layering_check_finds_each_kind_of_break(tmp_path: Path, files: dict[str, str], expected: str) -> None:
@@ -46,7 +58,8 @@ def test_the_layering_check_finds_each_kind_of_break(tmp_path: Path, files: dict
 
 
 def test_the_layering_check_accepts_what_the_rules_allow(tmp_path: Path) -> None:
-    files = {"nodes/a.py": "from comfy_api.v0_0_2 import io\nfrom ..retrieval import r\nfrom .. import imaging\n",
+    files = {"nodes/a.py": "from comfy_api.v0_0_2 import io\nfrom ..retrieval import find\nfrom .. import imaging\n",
+             "retrieval/__init__.py": "__all__ = ['find']\nfrom .r import find\n",
              "retrieval/r.py": "from ..imaging import x\n", "imaging.py": "from .errors import E\n",
              "errors.py": "", "cli/c.py": "from ..tiny_models import t\n",
              "tiny_models/t.py": "from ..rendering import k\n", "rendering/k.py": ""}
@@ -55,7 +68,8 @@ def test_the_layering_check_accepts_what_the_rules_allow(tmp_path: Path) -> None
 
 def test_importing_the_canny_engine_imports_neither_diffusers_nor_comfyui() -> None:
     code = (
-        "import sys, sketch_rag.rendering.canny, sketch_rag.imaging\n"
+        "import sys, sketch_rag.imaging\n"
+        "from sketch_rag.rendering import CannySettings, sketch_to_edges\n"
         "heavy = {'diffusers', 'transformers', 'chromadb', 'comfy_api', 'torch'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -15,7 +15,7 @@ from sketch_rag.cli.batch import BatchSettings, read_manifests, run_batch
 from sketch_rag.cli.batch_jobs import read_jobs
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.main import main
-from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow
+from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow, resolved
 from sketch_rag.errors import JobFileError, PreflightError
 
 pytestmark = [pytest.mark.comfy]
@@ -72,9 +72,10 @@ def test_batch_renders_3_sketches_by_2_prompts_with_manifests_scores_and_report(
         with Image.open(out / manifest["output"]) as png:
             prompt, workflow = json.loads(png.info["prompt"]), json.loads(png.info["workflow"])
         sampler = next(n for n in prompt.values() if n["class_type"] == "SketchRAGHybridSampler")
-        assert sampler["inputs"]["prompt"] == manifest["prompt"] and sampler["inputs"]["seed"] == manifest["seed"]
-        ui_sampler = next(n for n in workflow["nodes"] if n["type"] == "SketchRAGHybridSampler")
-        assert manifest["prompt"] in ui_sampler["widgets_values"]  # reopens in ComfyUI as this very job
+        assert resolved(prompt, sampler["inputs"]["prompt"]) == manifest["prompt"]  # through the one prompt node
+        assert sampler["inputs"]["seed"] == manifest["seed"]
+        ui_prompt = next(n for n in workflow["nodes"] if n.get("title") == "prompt")
+        assert ui_prompt["widgets_values"] == [manifest["prompt"]]  # reopens in ComfyUI as this very job
     assert (out / "contact_sheet.png").is_file() and len(json.loads((out / "batch.json").read_text())) == 6
     capsys.readouterr()
 

@@ -18,12 +18,14 @@ from playwright import sync_api
 
 from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_server import PACK_LINK_NAME, ComfyServer
-from sketch_rag.cli.workflows import MODEL_FILES, ModelFile, load_ui_workflow, tiny_models
+from sketch_rag.cli.workflows import MODEL_FILES, ModelFile, load_ui_workflow, resolved, tiny_models
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy, pytest.mark.slow]
 
 WIDGETS = {**tiny_models(), "num_inference_steps": 2, "resolution": 64, "height": 64}
 """Widget name -> value set in the page after loading: the tiny model files, and a fast, small render."""
+EDITED_PROMPT = "a red barn in fresh snow, gouache"
+"""Typed into the template's one prompt node before queueing: the retriever and the sampler must both receive it."""
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 """User settings posted before the page loads. A user without ``Comfy.TutorialCompleted`` counts as new, and the
 frontend (1.32) then opens the template browser over the graph on load, hiding the render in the screenshot; the
@@ -140,6 +142,19 @@ def test_bundled_workflow_loads_without_missing_nodes_queues_and_shows_the_rende
                                                            && widget.name === 'resolution'))
                                 widget.value = values[widget.name];
                 }""", WIDGETS)
+            # The one prompt: edit its text, and the graph the frontend queues feeds it to both nodes.
+            edited: dict[str, Any] = page.evaluate(
+                """async (text) => {
+                    const node = window.app.graph._nodes.find(n => n.title === 'prompt');
+                    node.widgets.find(w => w.name === 'value').value = text;
+                    const {output} = await window.app.graphToPrompt();
+                    const fed = Object.fromEntries(Object.values(output).filter(n => 'prompt' in n.inputs)
+                                                         .map(n => [n.class_type, n.inputs.prompt]));
+                    return {id: String(node.id), type: node.type, value: output[String(node.id)].inputs.value, fed};
+                }""", EDITED_PROMPT)
+            assert edited["type"] == "PrimitiveStringMultiline" and edited["value"] == EDITED_PROMPT
+            assert edited["fed"] == {"SketchRAGClipStyleRetriever": [edited["id"], 0],
+                                     "SketchRAGHybridSampler": [edited["id"], 0]}
             page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
             page.wait_for_function(
                 """() => Object.values(window.app.nodeOutputs || {}).some(
@@ -170,6 +185,13 @@ def test_bundled_workflow_loads_without_missing_nodes_queues_and_shows_the_rende
                 "() => Object.values(window.app.nodeOutputs).flatMap(o => o.images || []).map(i => i.filename)")
             assert any(name.startswith("render") for name in images)
             assert not [e for e in errors if "SketchRAG" in e]
+            # What the server ran: both prompt inputs took the edited text from the one prompt node.
+            (entry,) = ComfyClient(copied_pack_server.url).all_history().values()
+            ran = {str(k): v for k, v in entry["prompt"][2].items()}
+            assert resolved(ran, ran[edited["id"]]["inputs"]["value"]) == EDITED_PROMPT
+            assert {n["class_type"]: resolved(ran, n["inputs"]["prompt"]) for n in ran.values()
+                    if "prompt" in n["inputs"]} == {"SketchRAGClipStyleRetriever": EDITED_PROMPT,
+                                                    "SketchRAGHybridSampler": EDITED_PROMPT}
         finally:
             context.close()
     assert (ARTIFACTS / "browser_sketch_to_render.png").stat().st_size > 10_000

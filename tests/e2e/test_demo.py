@@ -14,7 +14,7 @@ from PIL import Image
 
 from sketch_rag.cli.demo_cmd import DEMO_PROMPT, TINY_FIELDS
 from sketch_rag.cli.main import main
-from sketch_rag.cli.workflows import tiny_models
+from sketch_rag.cli.workflows import resolved, tiny_models
 from sketch_rag.retrieval.folder import LibraryRoot, iter_image_files, read_metadata
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY
 
@@ -54,8 +54,9 @@ def test_demo_without_real_models_renders_the_example_with_tiny_models_and_names
     sampler = next(n for n in prompt.values() if n["class_type"] == "SketchRAGHybridSampler")
     loader = next(n for n in prompt.values() if n["class_type"] == "SketchRAGHybridPipelineLoader")
     sketch = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
-    assert sampler["inputs"]["prompt"] == DEMO_PROMPT and sketch["inputs"]["image"] == "sketch_house.png"
+    assert resolved(prompt, sampler["inputs"]["prompt"]) == DEMO_PROMPT  # through the one prompt node
+    assert sketch["inputs"]["image"] == "sketch_house.png"
     assert loader["inputs"]["checkpoint"] == tiny_models()["checkpoint"]
-    assert any(n["type"] == "SketchRAGHybridSampler" and DEMO_PROMPT in n["widgets_values"]
+    assert any(n.get("title") == "prompt" and n["widgets_values"] == [DEMO_PROMPT]
                for n in workflow["nodes"])  # reopens in ComfyUI as this render
     assert not list(scratch.glob("sketch_rag_demo_*"))  # the tiny models' temporary folder was removed

@@ -31,6 +31,7 @@ from sketch_rag.nodes.retrieval_nodes import AddToStyleLibrary, ClipStyleRetriev
 from sketch_rag.retrieval.embedder import DEFAULT_HUB_MODEL
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import MAX_K
+from sketch_rag.retrieval.style_labels import MAX_NAME_CHARS
 from sketch_rag.tiny_models.clip import TINY_CLIP_NAME
 
 pytestmark = pytest.mark.node
@@ -341,12 +342,14 @@ def test_bad_style_names_become_safe_files_inside_the_library(
     before_outside, before_base = snapshot(outside), set(snapshot(comfy_base.parent))
     names = {"../../../../escape": "escape.png", "/etc/passwd": "etc_passwd.png", "CON": "con_style.png",
              "NUL": "nul_style.png", "COM1": "com1_style.png", "..": "style.png", " .hidden": "hidden.png",
-             "library": "library_style.png", "x" * 300: "x" * 96 + ".png"}
+             "library": "library_style.png", "x" * MAX_NAME_CHARS: "x" * 96 + ".png"}
     for name, file_name in names.items():
         AddToStyleLibrary.execute(library, image, name, "access-test")
         assert (folder / file_name).is_file() and (folder / file_name).with_suffix(".json").is_file(), name
     with pytest.raises(LibraryError, match="control characters"):
         AddToStyleLibrary.execute(library, image, "evil\x00name", "")
+    with pytest.raises(LibraryError, match=f"use at most {MAX_NAME_CHARS}"):  # the tab's rule, too
+        AddToStyleLibrary.execute(library, image, "x" * (MAX_NAME_CHARS + 1), "")
     assert not (folder / "library.json").exists()  # the style named "library" did not write a manifest
     written = sorted(set(snapshot(comfy_base.parent)) - before_base)
     assert written and all(Path(p).is_relative_to(comfy_base) for p in written), written

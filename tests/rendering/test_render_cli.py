@@ -89,6 +89,7 @@ def test_render_without_models_names_the_folder_and_what_to_download(
 def test_render_conditions_on_the_sketchs_lines_by_default_and_on_canny_edges_when_asked(
     tmp_path: Path, sketch: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sketch_rag import rendering
     from sketch_rag.rendering import canny
 
     # The tiny ControlNet barely moves a 64 px render, so check the control image handed to the pipeline.
@@ -99,7 +100,7 @@ def test_render_conditions_on_the_sketchs_lines_by_default_and_on_canny_edges_wh
         made.append(original(image, settings))
         return made[-1]
 
-    monkeypatch.setattr(canny, "sketch_to_edges", recording)
+    monkeypatch.setattr(rendering, "sketch_to_edges", recording)  # the CLI takes it from the engine's face
     style = ["--style", str(REPO / "style_library" / "hokusai_great_wave.jpg")]
     for extra in ([], ["--edges", "lines"], ["--edges", "canny"]):
         assert main([*render_args(sketch, models_dir, tmp_path / "out.png", *style), *extra]) == 0

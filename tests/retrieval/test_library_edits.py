@@ -20,6 +20,7 @@ from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import StyleLibrary, open_library
 from sketch_rag.retrieval.library_edits import TRASH_RECORD, edit_style, find_style, style_file, trash_style
 from sketch_rag.retrieval.query import StyleQuery
+from sketch_rag.retrieval.style_labels import MAX_NAME_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from sketch_rag.retrieval.thumbnails import THUMBNAIL_SIDE, content_hash, thumbnail, thumbnail_path
 
 NOON = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
@@ -109,6 +110,26 @@ def test_bad_names_and_tags_are_refused_before_anything_is_written(
     colour_library: StyleLibrary, colour_folder: Path, name: str | None, tags: object, message: str
 ) -> None:
     before = files_under(colour_folder)
+    with pytest.raises(LibraryError, match=message):
+        edit_style(colour_library, "teal.png", name=name, tags=tags)
+    assert files_under(colour_folder) == before
+
+
+@pytest.mark.parametrize(("name", "tags", "message"), [
+    (" ", "", "name is empty"),
+    ("two\nlines", "", "control characters"),
+    ("x" * (MAX_NAME_CHARS + 1), "", f"at most {MAX_NAME_CHARS}"),
+    ("ok", ["ok", 3], "must all be text"),
+    ("ok", ["a\tb"], "control characters"),
+    ("ok", ["t" * (MAX_TAG_CHARS + 1)], f"longer than {MAX_TAG_CHARS}"),
+    ("ok", [f"tag {n}" for n in range(MAX_TAGS + 1)], f"at most {MAX_TAGS}"),
+])
+def test_adding_refuses_what_an_edit_refuses(
+    colour_library: StyleLibrary, colour_folder: Path, name: str, tags: object, message: str
+) -> None:
+    before = files_under(colour_folder)
+    with pytest.raises(LibraryError, match=message):
+        colour_library.add_many([np.full((8, 8, 3), 0.5, dtype=np.float32)], [name], tags)
     with pytest.raises(LibraryError, match=message):
         edit_style(colour_library, "teal.png", name=name, tags=tags)
     assert files_under(colour_folder) == before

@@ -24,6 +24,7 @@ from sketch_rag.retrieval.file_names import MAX_STEM_BYTES, style_file_stem
 from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, open_library
 from sketch_rag.retrieval.locations import LibraryHome, library_roots, resolve_location
+from sketch_rag.retrieval.style_labels import MAX_NAME_CHARS
 
 
 @pytest.fixture
@@ -236,7 +237,7 @@ def test_bad_names_are_added_under_safe_file_names_inside_the_folder(
     folder, library = writable_library
     outside_before = files_under(base.parent / "outside")
     pixels = np.full((8, 8, 3), 0.5, dtype=np.float32)
-    names = ["../../outside/evil", "/abs/name", "CON", ".hidden", " spaced ", "x" * 300, "library", "nul"]
+    names = ["../../outside/evil", "/abs/name", "CON", ".hidden", " spaced ", "x" * MAX_NAME_CHARS, "library", "nul"]
     added = library.add_many([pixels] * len(names), names, access=node_policy(base))  # type: ignore[attr-defined]
     written = files_under(folder)
     assert {m.item_id for m in added} == {f"user/{Path(p).with_suffix('.png').as_posix()}" for p in written
