@@ -292,9 +292,12 @@ class HybridSampler(io.ComfyNode):
                     options=list(SAMPLER_NAMES),
                     default=DEFAULT_SAMPLER,
                     optional=True,
-                    tooltip="ComfyUI's sampler names (dpmpp_2m_karras = dpmpp_2m with the karras schedule). uni_pc "
-                    "(default) or dpmpp_2m_karras at 20 steps; lcm/tcd at 4-8 steps with CFG 1-2 and an LCM/TCD "
-                    "LoRA or checkpoint; euler_ancestral and dpmpp_sde_karras add fresh noise each step.",
+                    tooltip="ComfyUI's sampler names, sampling at the sigmas of ComfyUI's KSampler: the normal "
+                    "schedule, or karras where the name says so (dpmpp_2m_karras = dpmpp_2m + karras). ddim is "
+                    "ComfyUI's ddim, which is its euler: it renders as euler. lcm uses the simple schedule (LCM steps "
+                    "between whole timesteps, which normal falls between). uni_pc (default) or dpmpp_2m_karras at 20 "
+                    "steps; lcm/tcd at 4-8 steps with CFG 1-2 and an LCM/TCD LoRA or checkpoint; euler_ancestral and "
+                    "dpmpp_sde_karras add fresh noise each step.",
                 ),
                 io.Int.Input(
                     "clip_skip",
