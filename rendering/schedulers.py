@@ -3,7 +3,10 @@
 ComfyUI picks a sampler (``euler``, ``dpmpp_2m``, ...) and a sigma schedule (``normal``, ``karras``) separately;
 diffusers folds both into one scheduler class + options. The names here are ComfyUI's sampler names, with
 ``_karras`` appended where the Karras schedule is part of the choice (ComfyUI's "dpmpp_2m" + "karras"), so a
-ComfyUI user recognises each entry. Nothing here imports diffusers until a scheduler is built.
+ComfyUI user recognises each entry. Each entry samples at the sigmas ComfyUI's KSampler uses for its pair
+(:func:`comfy_sigmas`), not at the timestep spacing the checkpoint's scheduler config names: SD1.5's shipped
+"leading" spacing starts at sigma ~11 at 20 steps where ComfyUI starts at the model's sigma_max (~14.6).
+Nothing here imports diffusers until a scheduler is built.
 """
 
 from __future__ import annotations
