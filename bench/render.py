@@ -12,7 +12,8 @@ through the engine (``PipelineCache``), then times ``HybridPipeline.render`` aga
 Ends with one JSON line: device, overhead_ratio, peak_mem_ratio, warm_loads, s_per_image (+ details); with
 ``--lcm-row`` also ``lcm_row``: the few-step path (lcm, 4 steps, CFG 1 = no CFG batch) against the default
 (uni_pc, 20 steps, CFG 7.5) at the same size through the engine (goal: >= 4x faster), and against plain
-diffusers with ``LCMScheduler`` doing the same 4 steps (our overhead).
+diffusers with the same ``LCMScheduler`` doing the same 4 steps (our overhead). Plain diffusers runs the very
+scheduler the engine builds (``schedulers.make_scheduler``: ComfyUI's sigmas), so only the pipeline code differs.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sketch_rag.rendering import architectures as arch  # noqa: E402
 from sketch_rag.rendering.model_cache import PipelineCache  # noqa: E402
 from sketch_rag.rendering.pipeline_spec import PipelineSpec  # noqa: E402
 from sketch_rag.rendering.render_request import IpAdapterMode, RenderRequest  # noqa: E402
+from sketch_rag.rendering.schedulers import make_scheduler  # noqa: E402
 from sketch_rag.tiny_models.ldm_layout import controlnet_checkpoint, sd15_checkpoint  # noqa: E402
 from sketch_rag.tiny_models.sd import cross_attention_widths  # noqa: E402
 
@@ -213,7 +215,7 @@ def hires_row(
     steps: int, repeats: int, device: torch.device,
 ) -> dict[str, Any]:
     """Base render + 1.5x hires pass: ours against plain diffusers doing the same two passes, and against base."""
-    from diffusers import StableDiffusionControlNetImg2ImgPipeline, UniPCMultistepScheduler
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
     from PIL import Image
 
     from sketch_rag.rendering.refine import hires_size
@@ -234,10 +236,10 @@ def hires_row(
         }
         with torch.inference_mode():
             plain.set_ip_adapter_scale(0.8)
-            plain.scheduler = UniPCMultistepScheduler.from_config(plain.scheduler.config)
+            plain.scheduler = make_scheduler("uni_pc", plain.scheduler.config, 0)
             base = plain("a watercolor house", image=control, height=size, width=size,
                          generator=torch.Generator().manual_seed(0), **common).images
-            img2img.scheduler = UniPCMultistepScheduler.from_config(plain.scheduler.config)
+            img2img.scheduler = make_scheduler("uni_pc", plain.scheduler.config, 0)
             return img2img("a watercolor house", image=[b.resize(big, Image.Resampling.LANCZOS) for b in base],
                            control_image=control, strength=HIRES_DENOISE, height=big[1], width=big[0],
                            generator=torch.Generator().manual_seed(0), **common).images
@@ -299,7 +301,7 @@ def main() -> None:
     edges[size // 4 : 3 * size // 4, size // 4] = edges[size // 4, size // 4 : 3 * size // 4] = 255
     style = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
 
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from diffusers import StableDiffusionControlNetPipeline
 
     p = hybrid.pipe
     plain: Any = StableDiffusionControlNetPipeline(
@@ -308,7 +310,7 @@ def main() -> None:
         tokenizer=p.tokenizer,
         unet=p.unet,
         controlnet=p.controlnet,
-        scheduler=UniPCMultistepScheduler.from_config(p.scheduler.config),
+        scheduler=make_scheduler("uni_pc", p.scheduler.config, 0),
         safety_checker=None,
         feature_extractor=p.feature_extractor,
         image_encoder=p.image_encoder,
@@ -396,7 +398,6 @@ def few_step_row(
     repeats: int,
 ) -> dict[str, Any]:
     """4-step lcm vs 20-step uni_pc through the engine, and 4-step lcm ours vs plain diffusers, side by side."""
-    from diffusers import LCMScheduler
 
     def engine(sampler: str, steps: int, guidance: float) -> Callable[[], Any]:
         request = bench_request(edges, style, size, steps, guidance_scale=guidance, sampler=sampler)
@@ -406,7 +407,7 @@ def few_step_row(
     unipc = engine("uni_pc", DEFAULT_RENDER_STEPS, 7.5)
 
     def plain_lcm() -> Any:
-        plain.scheduler = LCMScheduler.from_config(plain.scheduler.config)
+        plain.scheduler = make_scheduler("lcm", plain.scheduler.config, 0)
         return plain_render(plain, edges, style, size, LCM_STEPS, guidance=lcm_guidance)
 
     lcm(), unipc(), plain_lcm()  # warm-up of each path

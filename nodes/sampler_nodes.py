@@ -35,7 +35,14 @@ from ..rendering import (
     IpAdapterMode,
     RenderRequest,
 )
-from .comfy_host import ManagedModels, interrupt_check, raise_if_interrupted, sampler_progress, torch_device
+from .comfy_host import (
+    ManagedModels,
+    interrupt_check,
+    raise_if_interrupted,
+    sampler_progress,
+    torch_device,
+    vae_precision_flag,
+)
 from .common import CATEGORY, NODE_PREFIX
 from .input_checks import unknown_options
 from .model_choices import NONE_CHOICE, choices, full_path, register_ipadapter_folder
@@ -129,6 +136,7 @@ class HybridPipelineLoader(io.ComfyNode):
             device=str(torch_device()),
             attention_slicing=attention_slicing,
             vae_tiling=vae_tiling,
+            vae_precision=vae_precision_flag() or "auto",  # ComfyUI's --fp32-vae / --bf16-vae / --fp16-vae
         )
         DEFAULT_CACHE.get(spec)  # load now, so a bad file fails on the loader node, not on the sampler
         return io.NodeOutput(spec)
@@ -263,9 +271,12 @@ class HybridSampler(io.ComfyNode):
                     options=list(SAMPLER_NAMES),
                     default=DEFAULT_SAMPLER,
                     optional=True,
-                    tooltip="ComfyUI's sampler names (dpmpp_2m_karras = dpmpp_2m with the karras schedule). uni_pc "
-                    "(default) or dpmpp_2m_karras at 20 steps; lcm/tcd at 4-8 steps with CFG 1-2 and an LCM/TCD "
-                    "LoRA or checkpoint; euler_ancestral and dpmpp_sde_karras add fresh noise each step.",
+                    tooltip="ComfyUI's sampler names, sampling at the sigmas of ComfyUI's KSampler: the normal "
+                    "schedule, or karras where the name says so (dpmpp_2m_karras = dpmpp_2m + karras). ddim is "
+                    "ComfyUI's ddim, which is its euler: it renders as euler. lcm uses the simple schedule (LCM steps "
+                    "between whole timesteps, which normal falls between). uni_pc (default) or dpmpp_2m_karras at 20 "
+                    "steps; lcm/tcd at 4-8 steps with CFG 1-2 and an LCM/TCD LoRA or checkpoint; euler_ancestral and "
+                    "dpmpp_sde_karras add fresh noise each step.",
                 ),
                 io.Int.Input(
                     "clip_skip",

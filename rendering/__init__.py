@@ -5,8 +5,9 @@ submodule (``tools/check_layers.py`` enforces it). Each name is imported from it
 Canny preprocessor never loads torch or diffusers. Submodules, for reading: ``canny`` and ``lines`` (edge and line
 maps), ``render_request`` (a render's inputs and their checks), ``pipeline_spec`` (what the ``pipeline`` socket
 carries), ``model_cache`` (the warm models a spec is loaded into), ``pipeline_assembly`` (the diffusers pipeline
-built over them), ``sampling`` (``render`` and its passes), ``loading``, ``model_files``, ``architectures``
-(offline loading of single files and diffusers folders against ``configs/``), ``lora``, ``schedulers``,
+built over them), ``sampling`` (``render`` and its passes), ``vae_precision`` (the VAE's own dtype and the fp32
+redo of a non-finite decode), ``schedulers`` (ComfyUI's samplers and their sigmas), ``loading``, ``model_files``,
+``architectures`` (offline loading of single files and diffusers folders against ``configs/``), ``lora``,
 ``prompt_embeds``, ``refine``.
 """
 

@@ -35,6 +35,7 @@ from .model_files import FileKey
 from .pipeline_assembly import assemble, load_ip_adapter, set_memory_options, unload_ip_adapter
 from .pipeline_spec import PipelineSpec, resolve_dtype
 from .sampling import HybridPipeline
+from .vae_precision import place_vae, resolve_vae_dtype
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class _Placement:
 
     dtype: torch.dtype
     device: torch.device
+    vae_dtype: torch.dtype
 
     def key(self) -> tuple[torch.dtype, str]:
         return self.dtype, str(self.device)
@@ -115,11 +117,17 @@ class PipelineCache:
             )
 
     def _checkpoint(self, spec: PipelineSpec, placement: _Placement) -> _Slot:
-        """The SD1.5 checkpoint's slot, with the spec's LoRAs fused into its weights."""
+        """The SD1.5 checkpoint's slot, its VAE in its own precision, with the spec's LoRAs fused into its weights."""
+
+        def load(widths: Any) -> loading.Sd15Parts:
+            sd = loading.load_sd15(spec.checkpoint, placement.dtype, placement.device, widths)
+            place_vae(sd.vae, placement.vae_dtype, placement.dtype)
+            return sd
+
         slot = self._slot(
             "checkpoint",
-            (FileKey.of(spec.checkpoint), *placement.key()),
-            lambda widths: loading.load_sd15(spec.checkpoint, placement.dtype, placement.device, widths),
+            (FileKey.of(spec.checkpoint), *placement.key(), placement.vae_dtype),
+            load,
             lambda: loading.check_sd15(spec.checkpoint),
         )
         sd: loading.Sd15Parts = slot.value
@@ -260,11 +268,12 @@ def _checked_placement(spec: PipelineSpec) -> _Placement:
     """The spec's device and dtype, after refusing what no load could serve (a missing file, half a style pair).
 
     Raises:
-        InvalidParameterError: an IP-Adapter without its image encoder or the reverse; an unknown dtype.
+        InvalidParameterError: an IP-Adapter without its image encoder or the reverse; an unknown precision.
         ModelNotFoundError: a file is gone.
     """
     device = torch.device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    vae_dtype = resolve_vae_dtype(spec.vae_precision, device)
     if (spec.ip_adapter is None) != (spec.image_encoder is None):
         raise InvalidParameterError(
             "An IP-Adapter needs its image encoder and vice versa; pick both (ip-adapter_sd15 + "
@@ -273,7 +282,7 @@ def _checked_placement(spec: PipelineSpec) -> _Placement:
     for path in (spec.checkpoint, spec.controlnet, spec.ip_adapter, spec.image_encoder):
         if path is not None and not path.exists():
             raise ModelNotFoundError(f"Model file {path} does not exist (any more); pick another in the loader.")
-    return _Placement(dtype, device)
+    return _Placement(dtype, device, vae_dtype)
 
 
 DEFAULT_CACHE = PipelineCache()

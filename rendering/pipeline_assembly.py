@@ -39,17 +39,22 @@ def assemble(sd: loading.Sd15Parts, controlnet: Any, encoder: Any) -> Any:
 
 
 def load_ip_adapter(pipe: Any, weights: Any) -> Any:
-    """Put checked IP-Adapter weights (:func:`loading.load_ip_adapter_weights`) into the pipeline's UNet."""
+    """Put checked IP-Adapter weights (:func:`loading.load_ip_adapter_weights`) into the pipeline's UNet.
+
+    The memory options are off afterwards; the cache sets them again (a new adapter is a new generation).
+    """
     unload_ip_adapter(pipe)
+    _plain_self_attention(pipe)
     with loading.quiet_progress(), hub_offline():
         pipe.load_ip_adapter(weights.state, subfolder="", weight_name="", image_encoder_folder=None)
     return weights.info
 
 
 def unload_ip_adapter(pipe: Any) -> None:
-    """Take the IP-Adapter out of the UNet (nothing to do when none is in)."""
+    """Take the IP-Adapter out of the UNet (nothing to do when none is in); the memory options are off after."""
     if getattr(pipe.unet, "encoder_hid_proj", None) is None:
         return
+    _plain_self_attention(pipe)
     encoder, extractor = pipe.image_encoder, pipe.feature_extractor
     pipe.unload_ip_adapter()  # also drops the encoder from the pipeline; it belongs to the cache, put it back
     pipe.register_modules(image_encoder=encoder, feature_extractor=extractor)
@@ -71,4 +76,22 @@ def set_memory_options(pipe: Any, spec: PipelineSpec) -> None:
     for name in processors:
         if name.endswith("attn1.processor"):
             processors[name] = SlicedAttnProcessor(2) if spec.attention_slicing else AttnProcessor2_0()
+    pipe.unet.set_attn_processor(processors)
+
+
+def _plain_self_attention(pipe: Any) -> None:
+    """Undo attention slicing before diffusers rebuilds the attention processors for an IP-Adapter change.
+
+    diffusers' ``load_ip_adapter`` and ``unload_ip_adapter`` re-create every processor they keep as
+    ``type(processor)()``; ``SlicedAttnProcessor`` needs its slice size, so with slicing on either raises
+    ``TypeError`` halfway through, leaving a UNet with some processors swapped. Plain processors first avoids it.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+
+    processors = dict(pipe.unet.attn_processors)
+    if not any(isinstance(p, SlicedAttnProcessor) for p in processors.values()):
+        return
+    for name, processor in processors.items():
+        if isinstance(processor, SlicedAttnProcessor):
+            processors[name] = AttnProcessor2_0()
     pipe.unet.set_attn_processor(processors)

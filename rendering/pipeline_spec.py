@@ -48,3 +48,6 @@ class PipelineSpec:
     vae_tiling: bool = False
     loras: tuple[tuple[Path, float], ...] = ()
     """LoRA files and their strengths, applied in order on top of the checkpoint (see ``lora.py``)."""
+    vae_precision: str = "auto"
+    """The VAE's own precision, one of :data:`~..precisions.PRECISIONS`: ``auto`` is bf16 on a CUDA GPU that has it,
+    fp32 elsewhere, whatever ``dtype`` is (see ``vae_precision.py``). A host may set it from its own flags."""

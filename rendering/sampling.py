@@ -25,6 +25,7 @@ from .pipeline_spec import PipelineSpec
 from .prompt_embeds import encode_prompts
 from .render_request import CheckedRequest, RenderRequest, check_request, ip_adapter_block_scales
 from .schedulers import SAMPLERS, make_scheduler
+from .vae_precision import decode
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after each denoising step with (steps done, total steps, current latents)."""
@@ -187,7 +188,7 @@ class HybridPipeline:
             "num_images_per_prompt": request.num_images_per_prompt,
             "generator": generator,  # the noise stochastic samplers add each step, continuing the seed's stream
             "eta": SAMPLERS[request.sampler].eta,
-            "output_type": "np",
+            "output_type": "latent",  # decoded below, in the VAE's own precision
         }
         if self.has_ip_adapter:
             pipe.set_ip_adapter_scale(ip_adapter_block_scales(request.ip_adapter_mode, request.ip_adapter_scale))
@@ -218,7 +219,7 @@ class HybridPipeline:
                 num_inference_steps=num_inference_steps, callback_on_step_end=step_end, **common, **kwargs
             )
             done_before[0] += int(target.num_timesteps)
-            return np.asarray(result.images, dtype=np.float32)
+            return decode(pipe, result.images)
 
         if checked.init_image is not None and checked.mask is not None:
             # Inpaint: the derived pipeline draws its own noise from the stream (given latents would replace

@@ -117,6 +117,18 @@ def test_the_loader_resolves_dropdown_names_to_files_and_picks_comfyuis_device(
     assert DEFAULT_CACHE.get(pipeline).has_ip_adapter  # loaded by the node already, warm for the sampler
 
 
+@pytest.mark.parametrize(("flag", "precision"), [(None, "auto"), ("fp32_vae", "fp32"), ("bf16_vae", "bf16"),
+                                               ("fp16_vae", "fp16"), ("force_fp32", "fp32")])
+def test_the_loader_passes_comfyuis_vae_flag_to_the_spec(
+    monkeypatch: pytest.MonkeyPatch, flag: str | None, precision: str
+) -> None:
+    from comfy.cli_args import args
+
+    for name in ("fp32_vae", "bf16_vae", "fp16_vae", "force_fp32"):
+        monkeypatch.setattr(args, name, name == flag)
+    assert load().vae_precision == precision
+
+
 def test_without_an_ip_adapter_the_loader_leaves_both_adapter_files_out() -> None:
     spec = load(ip_adapter="none", image_encoder="none")
     assert spec.ip_adapter is None and spec.image_encoder is None

@@ -67,17 +67,18 @@ def test_the_render_uses_the_chosen_diffusers_scheduler(full: Any, edge_image, s
     assert scheduler.config.beta_schedule == "scaled_linear"
 
 
-def test_every_sampler_gives_a_different_image(renders: dict[str, np.ndarray]) -> None:
-    for a, b in itertools.combinations(SAMPLER_NAMES, 2):
+def test_every_sampler_gives_a_different_image_but_ddim_is_euler(renders: dict[str, np.ndarray]) -> None:
+    # ComfyUI's ddim sampler is its euler sampler on the same sigmas (comfy.samplers.sampler_object).
+    assert np.array_equal(renders["ddim"], renders["euler"])
+    for a, b in itertools.combinations([name for name in SAMPLER_NAMES if name != "ddim"], 2):
         assert not np.array_equal(renders[a], renders[b]), f"{a} and {b} rendered the same image"
 
 
-def test_the_default_sampler_renders_as_plain_diffusers_with_unipc(full: Any, renders, edge_image, styles) -> None:
-    """Bit for bit what the pipeline rendered before samplers were selectable: UniPC from the shipped config, the
-    prompt text handed to diffusers, which encodes it itself."""
+def test_the_default_sampler_renders_as_plain_diffusers(full: Any, renders, edge_image, styles) -> None:
+    """Bit for bit what plain diffusers renders with the same scheduler (UniPC on ComfyUI's sigmas) and the prompt
+    text handed to diffusers, which encodes it itself."""
     import json
 
-    from diffusers import UniPCMultistepScheduler
     from PIL import Image
 
     from sketch_rag.rendering.architectures import SD15_CONFIG_DIR
@@ -86,7 +87,7 @@ def test_the_default_sampler_renders_as_plain_diffusers_with_unipc(full: Any, re
     shipped = json.loads((SD15_CONFIG_DIR / "scheduler" / "scheduler_config.json").read_text())
     req = request(edge_image, styles[:1])
     pipe = full.pipe
-    pipe.scheduler = UniPCMultistepScheduler.from_config(shipped)
+    pipe.scheduler = make_scheduler(DEFAULT_SAMPLER, shipped, seed=0)
     pipe.set_ip_adapter_scale(ip_adapter_block_scales(req.ip_adapter_mode, req.ip_adapter_scale))  # InstantStyle's dict
     with torch.inference_mode():
         reference = pipe(
@@ -104,6 +105,17 @@ def test_the_default_sampler_renders_as_plain_diffusers_with_unipc(full: Any, re
         ).images
     assert np.array_equal(renders[DEFAULT_SAMPLER], np.asarray(reference, dtype=np.float32))
     assert np.array_equal(full.render(req), renders[DEFAULT_SAMPLER])
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLER_NAMES if SAMPLERS[n].comfy is not None])
+def test_a_render_starts_at_the_models_sigma_max(full: Any, edge_image, styles, name: str) -> None:
+    """The pipeline sets the scheduler up through ComfyUI's schedule (not the config's "leading" spacing)."""
+    full.render(request(edge_image, styles[:1], sampler=name, num_inference_steps=4))
+    scheduler = full.pipe.scheduler
+    if hasattr(scheduler, "sigmas"):
+        assert float(scheduler.sigmas[0]) == pytest.approx(14.6146, abs=1e-4)
+    else:
+        assert int(scheduler.timesteps[0]) == 999
 
 
 def test_a_fresh_scheduler_is_built_from_the_model_schedule_only() -> None:

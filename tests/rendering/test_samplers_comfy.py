@@ -94,7 +94,9 @@ def test_every_sampler_renders_through_post_prompt_and_each_differs(comfy: Comfy
     renders = {name: render(comfy, inputs, sampler=name) for name in SAMPLER_NAMES}
     for name, image in renders.items():
         assert image.shape[0] == 64 and image.std() > 0, name
-    assert len({image.tobytes() for image in renders.values()}) == len(SAMPLER_NAMES)
+    # ComfyUI's ddim is its euler on the same sigmas; every other sampler renders its own image
+    assert np.array_equal(renders["ddim"], renders["euler"])
+    assert len({image.tobytes() for image in renders.values()}) == len(SAMPLER_NAMES) - 1
     assert np.array_equal(render(comfy, inputs, sampler="euler_ancestral"), renders["euler_ancestral"])
 
 
