@@ -38,7 +38,9 @@ def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     produce ``dtype``, so a cast happens only for odd files (e.g. an fp32 encoder for an fp16 run).
     """
     first = next(module.parameters())
-    if first.dtype != dtype:
+    # Every floating tensor, not just the first: one fp32 LayerNorm in an fp16 file breaks the first render.
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
         module.to(dtype=dtype)
     if first.device != device:
         module.to(device=device)
@@ -251,6 +253,8 @@ def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, sta
         with torch.device("meta"):
             model = CLIPVisionModelWithProjection(config)
         state.pop("vision_model.embeddings.position_ids", None)  # a buffer older exports carry
+        # Files mixing fp16 and fp32 tensors (an fp32 LayerNorm kept by a converter) are common: cast each one.
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         try:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
