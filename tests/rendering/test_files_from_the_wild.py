@@ -94,12 +94,8 @@ def attn_procs_lora(layers: list[tiny_lora.TinyLoraLayer]) -> dict[str, torch.Te
 
 
 @pytest.fixture(scope="session")
-def corpus(
-    models_dir: Path, other_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """Every variant, written once: checkpoints, LoRAs (ComfyUI's outputs among them), ControlNets, encoders."""
-    from sketch_rag.cli.comfyui_install import install_comfyui
-
+def corpus(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every variant ComfyUI is not needed for, written once: checkpoints, LoRAs, ControlNets, encoders."""
     root = tmp_path_factory.mktemp("wild")
     files: dict[str, Path] = {}
 
@@ -123,7 +119,7 @@ def corpus(
     save("no-text-mlp.safetensors", {k: v for k, v in ckpt.items() if "encoder.layers.0.mlp" not in k})
 
     sd = build_tiny_sd15()
-    kohya = tiny_lora.write_kohya(
+    files["tiny-lora_kohya.safetensors"] = tiny_lora.write_kohya(
         tiny_lora.tiny_lora_layers(sd["unet"], sd["text_encoder"]), root / "tiny-lora_kohya.safetensors"
     )
     few = few_step_layers(sd["unet"], 31)
@@ -139,33 +135,6 @@ def corpus(
     attention = tiny_lora.tiny_lora_layers(sd["unet"], sd["text_encoder"])
     save("pytorch_lora_weights_attn_procs.bin", attn_procs_lora(attention))
 
-    lora_names = [n for n in LORA_FILES if n in files and n != "TCD-SD15-LoRA.safetensors"]
-    job = {
-        "checkpoint_a": str(models_dir / "checkpoints" / CHECKPOINT_NAME),
-        "checkpoint_b": str(other_models["checkpoint"]),
-        "text_hidden": TINY_TEXT_HIDDEN,
-        "out": str(root),
-        "kohya_lora": str(kohya),
-        "strength": STRENGTH,
-        "loras": [str(files[n]) for n in lora_names] + [str(kohya)],
-    }
-    (root / "job.json").write_text(json.dumps(job))
-    comfy_dir = install_comfyui(Path(__file__).resolve().parents[2] / ".comfyui", requirements=False)
-    script = Path(__file__).with_name("comfy_wild_files.py")
-    done = subprocess.run(
-        [sys.executable, str(script), str(comfy_dir), str(root / "job.json")],
-        capture_output=True, text=True, timeout=900, check=False,
-    )
-    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
-    assert "lora key not loaded" not in done.stderr, done.stderr[-3000:]
-    for name in ("comfy_saved.safetensors", "comfy_extracted_lora.safetensors", "kohya_ldm_lora.safetensors"):
-        files[name] = root / name
-    files["tiny-lora_kohya.safetensors"] = kohya
-    for i, name in enumerate([*lora_names, kohya.name]):
-        files[f"deltas:{name}"] = root / f"deltas_{i}.safetensors"
-    files["deltas:comfy_extracted_lora.safetensors"] = root / "deltas_extracted.safetensors"
-    files["deltas:kohya_ldm_lora.safetensors"] = root / "deltas_kohya_ldm.safetensors"
-
     # ControlNets and image encoders
     cn = load_file(str(models_dir / "controlnet" / "tiny-control_sd15_canny.safetensors"))
     # kohya's diff_control_sd15_*: control_model.* deltas against the UNet and a ``difference`` marker
@@ -178,6 +147,43 @@ def corpus(
     save("CLIP-ViT-H-14-mixed-fp16-fp32.safetensors", mixed)
     files.update(other_vision_towers(root))
     save("ip-adapter-full-face_sd15.safetensors", full_face_adapter(sd["unet"]))
+    return files
+
+
+@pytest.fixture(scope="session")
+def comfy_corpus(corpus: dict[str, Path], models_dir: Path, other_models: dict[str, Path]) -> dict[str, Path]:
+    """What ComfyUI core writes (a checkpoint, an extracted LoRA, kohya names with LDM blocks) and how its own
+    LoRA loader changes the weights for each LoRA of the corpus (``comfy_wild_files.py``, in a subprocess)."""
+    from sketch_rag.cli.comfyui_install import install_comfyui
+
+    root = corpus["tiny-lora_kohya.safetensors"].parent
+    kohya = corpus["tiny-lora_kohya.safetensors"]
+    lora_names = [n for n in LORA_FILES if n != "TCD-SD15-LoRA.safetensors"]
+    job = {
+        "checkpoint_a": str(models_dir / "checkpoints" / CHECKPOINT_NAME),
+        "checkpoint_b": str(other_models["checkpoint"]),
+        "text_hidden": TINY_TEXT_HIDDEN,
+        "out": str(root),
+        "kohya_lora": str(kohya),
+        "strength": STRENGTH,
+        "loras": [str(corpus[n]) for n in lora_names],
+    }
+    (root / "job.json").write_text(json.dumps(job))
+    comfy_dir = install_comfyui(Path(__file__).resolve().parents[2] / ".comfyui", requirements=False)
+    script = Path(__file__).with_name("comfy_wild_files.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(comfy_dir), str(root / "job.json")],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+    assert "lora key not loaded" not in done.stderr, done.stderr[-3000:]
+    files = dict(corpus)
+    for name in ("comfy_saved.safetensors", "comfy_extracted_lora.safetensors", "kohya_ldm_lora.safetensors"):
+        files[name] = root / name
+    for i, name in enumerate(lora_names):
+        files[f"deltas:{name}"] = root / f"deltas_{i}.safetensors"
+    files["deltas:comfy_extracted_lora.safetensors"] = root / "deltas_extracted.safetensors"
+    files["deltas:kohya_ldm_lora.safetensors"] = root / "deltas_kohya_ldm.safetensors"
     return files
 
 
@@ -234,20 +240,32 @@ def request(edge: np.ndarray, styles: list[np.ndarray]) -> RenderRequest:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["old-merge-te-without-text_model.safetensors", "old-merge-te-without-text_model.ckpt", "comfy_saved.safetensors"],
-)
-def test_checkpoints_from_other_writers_load_the_same_weights(
-    corpus: dict[str, Path], models_dir: Path, name: str
-) -> None:
-    reference = loading.load_sd15(models_dir / "checkpoints" / CHECKPOINT_NAME, torch.float32, torch.device("cpu"))
-    loaded = loading.load_sd15(corpus[name], torch.float32, torch.device("cpu"))
+def same_checkpoint_weights(reference_file: Path, path: Path) -> None:
+    reference = loading.load_sd15(reference_file, torch.float32, torch.device("cpu"))
+    loaded = loading.load_sd15(path, torch.float32, torch.device("cpu"))
+    name = path.name
     for part in ("unet", "vae", "text_encoder"):
         a, b = getattr(reference, part).state_dict(), getattr(loaded, part).state_dict()
         assert a.keys() == b.keys(), part
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {part}.{key}"
+
+
+@pytest.mark.parametrize(
+    "name", ["old-merge-te-without-text_model.safetensors", "old-merge-te-without-text_model.ckpt"]
+)
+def test_old_merges_without_text_model_load_the_same_weights(
+    corpus: dict[str, Path], models_dir: Path, name: str
+) -> None:
+    same_checkpoint_weights(models_dir / "checkpoints" / CHECKPOINT_NAME, corpus[name])
+
+
+@pytest.mark.comfy
+@pytest.mark.slow
+def test_a_checkpoint_saved_by_comfyui_core_loads_the_same_weights(
+    comfy_corpus: dict[str, Path], models_dir: Path
+) -> None:
+    same_checkpoint_weights(models_dir / "checkpoints" / CHECKPOINT_NAME, comfy_corpus["comfy_saved.safetensors"])
 
 
 def test_a_ckpt_is_unpickled_once(corpus: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -302,24 +320,63 @@ def our_deltas(spec: PipelineSpec, lora: Path) -> dict[str, torch.Tensor]:
         ("comfy_extracted_lora.safetensors", "comfyui", None),
     ],
 )
+@pytest.mark.comfy
+@pytest.mark.slow
 def test_every_lora_layout_changes_the_weights_as_comfyui_core_does(
-    corpus: dict[str, Path], make_spec: Callable[..., PipelineSpec], name: str, layout: str, reference: str | None
+    comfy_corpus: dict[str, Path], make_spec: Callable[..., PipelineSpec], name: str, layout: str, reference: str | None
 ) -> None:
-    assert read_lora(corpus[name]).layout == layout
-    expected = load_file(str(corpus[f"deltas:{reference or name}"]))
-    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), corpus[name])
+    assert read_lora(comfy_corpus[name]).layout == layout
+    expected = load_file(str(comfy_corpus[f"deltas:{reference or name}"]))
+    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), comfy_corpus[name])
     assert expected and sorted(ours) == sorted(expected)
     for key, delta in ours.items():
         torch.testing.assert_close(delta, expected[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key} differs")
 
 
-def test_the_ldm_names_match_comfyui_cores_table(corpus: dict[str, Path]) -> None:
+@pytest.mark.comfy
+@pytest.mark.slow
+def test_the_ldm_names_match_comfyui_cores_table(comfy_corpus: dict[str, Path]) -> None:
     """The kohya LDM file was named by ComfyUI's own table; ours maps every one of its modules back."""
     table = ldm_names.kohya_ldm_to_diffusers()
-    kohya = {k.split(".")[0] for k in load_file(str(corpus["tiny-lora_kohya.safetensors"])) if "lora_unet_" in k}
-    ldm = {k.split(".")[0] for k in load_file(str(corpus["kohya_ldm_lora.safetensors"])) if "lora_unet_" in k}
+    kohya = {k.split(".")[0] for k in load_file(str(comfy_corpus["tiny-lora_kohya.safetensors"])) if "lora_unet_" in k}
+    ldm = {k.split(".")[0] for k in load_file(str(comfy_corpus["kohya_ldm_lora.safetensors"])) if "lora_unet_" in k}
     mapped = {"lora_unet_" + table[n.removeprefix("lora_unet_")].replace(".", "_") for n in ldm}
     assert mapped == kohya
+
+
+def test_the_ldm_table_covers_every_unet_module_and_agrees_with_the_tiny_writer() -> None:
+    """Every Linear/Conv/Norm of diffusers' SD1.5 UNet has an LDM name, and the tiny models' own diffusers ->
+    LDM writer (``tiny_models.ldm_layout``, separate code) gives the same names."""
+    from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
+
+    unet = build_tiny_sd15()["unet"]
+    wanted = {
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d | torch.nn.GroupNorm | torch.nn.LayerNorm)
+    }
+    table = ldm_names.ldm_to_diffusers_modules()
+    assert set(table.values()) == wanted
+    written = unet_to_ldm({f"{name}.weight": torch.zeros(1) for name in wanted}, dict(unet.config))
+    assert {k.removesuffix(".weight") for k in written} == set(table)
+
+
+def test_a_kohya_lora_with_ldm_block_names_fuses_like_its_diffusers_named_twin(
+    corpus: dict[str, Path], make_spec: Callable[..., PipelineSpec], tmp_path: Path
+) -> None:
+    """The few-step LoRA (resnets, samplers, attention) renamed to LDM blocks by ``unet_module_to_ldm``."""
+    source = corpus["Hyper-SD15-8steps-lora.safetensors"]
+    renamed = {}
+    for key, value in load_file(str(source)).items():
+        name, _, rest = key.partition(".")
+        diffusers = next(d for d in ldm_names.ldm_to_diffusers_modules().values() if d.replace(".", "_") == name[10:])
+        renamed[f"lora_unet_{str(ldm_names.unet_module_to_ldm(diffusers)).replace('.', '_')}.{rest}"] = value
+    path = tmp_path / "hyper-ldm.safetensors"
+    save_file(renamed, str(path))
+    spec = make_spec(ip_adapter=None, dtype="fp32")
+    assert read_lora(path).layout == "kohya-ldm"
+    a, b = our_deltas(spec, path), our_deltas(spec, source)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------------------------
