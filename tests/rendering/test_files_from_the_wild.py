@@ -110,6 +110,9 @@ def corpus(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     # Older SD1.x merges: the text encoder without ``text_model.`` (the inverse of ComfyUI core's
     # supported_models.SD15.process_clip_state_dict rename).
     old_te = {k.replace(f"{TEXT}text_model.", TEXT): v for k, v in ckpt.items()}
+    # ... often with the position-id buffer, stored as floats that merging left off by a little (ComfyUI core
+    # rounds them; the model makes its own).
+    old_te[f"{TEXT}embeddings.position_ids"] = torch.arange(77, dtype=torch.float32)[None] + 0.01
     save("old-merge-te-without-text_model.safetensors", old_te)
     save("old-merge-te-without-text_model.ckpt", old_te)
     save("no-unet-conv.safetensors", {k: v for k, v in ckpt.items() if "input_blocks.4.0.in_layers.2." not in k})
@@ -193,7 +196,6 @@ LORA_FILES = (
     "pcm_sd15_smallcfg_4step_converted.safetensors",
     "TCD-SD15-LoRA.safetensors",
     "pytorch_lora_weights_attn_procs.bin",
-    "tiny-lora_kohya.safetensors",
 )
 
 
