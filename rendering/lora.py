@@ -351,6 +351,10 @@ def _read_comfyui(path: Path, state: dict[str, torch.Tensor]) -> list[LoraPatch]
         else:
             prefix = next(p for p in COMFY_TEXT_PREFIXES if base.startswith(p))
             target = ("text_encoder", base.removeprefix(prefix))
+            if target[1] == "text_projection":
+                # ComfyUI's CLIP carries a projection SD1.5 never uses (the UNet is conditioned on the hidden
+                # states) and its saver writes an entry for it; diffusers' CLIPTextModel has no such layer.
+                continue
         modules.setdefault(target, {})[suffix] = value
     patches = []
     for (component, module), parts in sorted(modules.items()):

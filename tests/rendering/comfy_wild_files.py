@@ -12,6 +12,7 @@ JOB holds ``checkpoint_a``/``checkpoint_b`` (tiny SD1.5 files, two seeds), ``tex
   ``save_checkpoint``'s own ``extra_keys``);
 - ``comfy_extracted_lora.safetensors``: B - A extracted by ComfyUI's LoRA saver (``nodes_lora_extract
   .calc_lora_model``, what the "Extract and Save Lora" node runs), rank 4, with ``.diff``/``.diff_b``;
+- ``comfy_full_diff_lora.safetensors``: the same saver's ``full_diff`` type (every weight as a ``.diff``);
 - ``kohya_ldm_lora.safetensors``: ``kohya_lora`` renamed to LDM block names with ComfyUI's own table
   (``comfy.utils.unet_to_diffusers``);
 - ``deltas_<i>.safetensors``: how much ``comfy.sd.load_lora_for_models`` changes each weight of A for
@@ -76,6 +77,11 @@ def main() -> None:
     inner = "clip_l.transformer.text_model.encoder."
     lora = calc_lora_model(clip_diff.patcher, 4, inner, f"text_encoders.{inner}", lora, LORAType.STANDARD, True)
     comfy.utils.save_torch_file(lora, str(out / "comfy_extracted_lora.safetensors"))
+    # The saver's other type: full differences of every weight (the whole CLIP, projection and embeddings too)
+    full: dict[str, torch.Tensor] = {}
+    full = calc_lora_model(model_diff, 4, "diffusion_model.", "diffusion_model.", full, LORAType.FULL_DIFF, True)
+    full = calc_lora_model(clip_diff.patcher, 4, "", "text_encoders.", full, LORAType.FULL_DIFF, True)
+    comfy.utils.save_torch_file(full, str(out / "comfy_full_diff_lora.safetensors"))
 
     # kohya names with LDM blocks, from ComfyUI's diffusers -> LDM table
     table = comfy.utils.unet_to_diffusers(model_a.model.model_config.unet_config)
@@ -95,6 +101,7 @@ def main() -> None:
     base = {name: {k: v.float().clone() for k, v in m.state_dict().items()} for name, m in parts.items()}
     files = {**{str(i): p for i, p in enumerate(job["loras"])},
              "extracted": str(out / "comfy_extracted_lora.safetensors"),
+             "full_diff": str(out / "comfy_full_diff_lora.safetensors"),
              "kohya_ldm": str(out / "kohya_ldm_lora.safetensors")}
     strength = float(job["strength"])
     for tag, path in files.items():
