@@ -99,3 +99,31 @@ def kohya_ldm_to_diffusers() -> dict[str, str]:
     split back without knowing the modules; ComfyUI's ``model_lora_keys_unet`` matches them the same way.
     """
     return {ldm.replace(".", "_"): name for ldm, name in ldm_to_diffusers_modules().items()}
+
+
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def vae_key_to_ldm(name: str) -> str | None:
+    """The LDM key (without ``first_stage_model.``) of a diffusers ``AutoencoderKL`` parameter of SD1.5's VAE.
+
+    The inverse of diffusers' ``convert_ldm_vae_checkpoint``: LDM numbers the decoder levels from the bottom.
+    """
+    last = SD15_LEVELS - 1
+    if m := re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", name):
+        return f"{m[1]}.norm_out.{m[2]}"
+    if re.fullmatch(r"(encoder|decoder)\.conv_(in|out)\..+|(post_)?quant_conv\..+", name):
+        return name
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d)\.resnets\.(\d)\.(.+)", name):
+        return f"encoder.down.{m[1]}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)", name):
+        return f"encoder.down.{m[1]}.downsample.conv.{m[2]}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d)\.resnets\.(\d)\.(.+)", name):
+        return f"decoder.up.{last - int(m[1])}.block.{m[2]}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d)\.upsamplers\.0\.conv\.(.+)", name):
+        return f"decoder.up.{last - int(m[1])}.upsample.conv.{m[2]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.+)", name):
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", name):
+        return f"{m[1]}.mid.attn_1.{VAE_ATTENTION.get(m[2], m[2])}.{m[3]}"
+    return None

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ModelMismatchError
 from . import architectures as arch
-from .ldm_names import unet_module_to_ldm
+from .ldm_names import unet_module_to_ldm, vae_key_to_ldm
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -88,20 +88,24 @@ def convert(
 
     configs = _configs(widths)
     state = text_encoder_keys(state)
-    try:
-        unet = convert_ldm_unet_checkpoint(state, configs["unet"])
-        vae = convert_ldm_vae_checkpoint(state, configs["vae"])
-    except KeyError as exc:
-        key = str(exc.args[0]) if exc.args else "?"
-        prefix = "" if key.startswith((UNET_PREFIX, VAE_PREFIX)) else f"{UNET_PREFIX} or {VAE_PREFIX}"
-        raise _incomplete(path, [f"{prefix}{key}"]) from exc
+    converted = {}
+    # The converters index some keys directly: an absent one is a KeyError naming it without its prefix.
+    for part, converter, prefix in (
+        ("unet", convert_ldm_unet_checkpoint, UNET_PREFIX),
+        ("vae", convert_ldm_vae_checkpoint, VAE_PREFIX),
+    ):
+        try:
+            converted[part] = dict(converter(state, configs[part]))
+        except KeyError as exc:
+            key = str(exc.args[0]) if exc.args else "?"
+            raise _incomplete(path, [key if key.startswith(prefix) else prefix + key]) from exc
     inner = "text_model." if text_model_prefix else ""
     text = {
         inner + k[len(TEXT_MODEL_PREFIX) :]: v
         for k, v in state.items()
         if k.startswith(TEXT_MODEL_PREFIX) and not k.endswith(POSITION_IDS)
     }
-    return {"unet": dict(unet), "vae": dict(vae), "text_encoder": text}
+    return {**converted, "text_encoder": text}
 
 
 def _file_name(part: str, key: str) -> str:
@@ -111,7 +115,8 @@ def _file_name(part: str, key: str) -> str:
         return f"{UNET_PREFIX}{ldm}" if ldm else f"{UNET_PREFIX}… ({key} in diffusers' names)"
     if part == "text_encoder":
         return TEXT_MODEL_PREFIX + key.removeprefix("text_model.")
-    return f"{VAE_PREFIX}… (VAE {key} in diffusers' names)"
+    ldm = vae_key_to_ldm(key)
+    return f"{VAE_PREFIX}{ldm}" if ldm else f"{VAE_PREFIX}… (VAE {key} in diffusers' names)"
 
 
 def _incomplete(path: Path, missing: list[str]) -> ModelMismatchError:

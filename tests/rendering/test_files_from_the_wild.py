@@ -117,6 +117,7 @@ def corpus(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     save("old-merge-te-without-text_model.ckpt", old_te)
     save("no-unet-conv.safetensors", {k: v for k, v in ckpt.items() if "input_blocks.4.0.in_layers.2." not in k})
     save("no-vae-attention.safetensors", {k: v for k, v in ckpt.items() if "decoder.mid.attn_1.q." not in k})
+    save("no-vae-downsampler.safetensors", {k: v for k, v in ckpt.items() if "encoder.down.0.downsample." not in k})
     save("no-final-layer-norm.safetensors", {k: v for k, v in old_te.items() if "final_layer_norm" not in k})
     save("no-cross-attention.safetensors", {k: v for k, v in ckpt.items() if "attn2.to_k" not in k})
     save("no-text-mlp.safetensors", {k: v for k, v in ckpt.items() if "encoder.layers.0.mlp" not in k})
@@ -421,7 +422,8 @@ def test_the_full_face_adapter_takes_the_encoders_patches(
 INCOMPLETE = r"incomplete SD1.5 checkpoint: it lacks "
 REFUSALS = [
     ("checkpoint", "no-unet-conv.safetensors", INCOMPLETE + r".*model\.input_blocks\.4\.0\.in_layers\.2\.weight"),
-    ("checkpoint", "no-vae-attention.safetensors", INCOMPLETE + r".*VAE.*to_q.*v1-5-pruned-emaonly"),
+    ("checkpoint", "no-vae-attention.safetensors", INCOMPLETE + r".*stage_model\.decoder\.mid\.attn_1\.q\.weight"),
+    ("checkpoint", "no-vae-downsampler.safetensors", INCOMPLETE + r".*stage_model\.encoder\.down\.0\.downsample"),
     ("checkpoint", "no-final-layer-norm.safetensors", INCOMPLETE + r".*text_model\.final_layer_norm\.weight"),
     ("checkpoint", "no-cross-attention.safetensors", INCOMPLETE + r".*attn2\.to_k\.weight"),
     ("checkpoint", "no-text-mlp.safetensors", INCOMPLETE + r".*encoder\.layers\.0\.mlp\.fc1\.weight"),
