@@ -354,9 +354,9 @@ def test_the_ldm_names_match_comfyui_cores_table(comfy_corpus: dict[str, Path]) 
 
 
 def test_the_ldm_table_covers_every_unet_module_and_agrees_with_the_tiny_writer() -> None:
-    """Every Linear/Conv/Norm of diffusers' SD1.5 UNet has an LDM name, and the tiny models' own diffusers ->
-    LDM writer (``tiny_models.ldm_layout``, separate code) gives the same names."""
-    from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
+    """Every Linear/Conv/Norm of diffusers' SD1.5 UNet and every VAE weight has an LDM name, and the tiny models'
+    own diffusers -> LDM writer (``tiny_models.ldm_layout``, separate code) gives the same names."""
+    from sketch_rag.tiny_models.ldm_layout import unet_to_ldm, vae_to_ldm
 
     unet = build_tiny_sd15()["unet"]
     wanted = {
@@ -368,6 +368,9 @@ def test_the_ldm_table_covers_every_unet_module_and_agrees_with_the_tiny_writer(
     assert set(table.values()) == wanted
     written = unet_to_ldm({f"{name}.weight": torch.zeros(1) for name in wanted}, dict(unet.config))
     assert {k.removesuffix(".weight") for k in written} == set(table)
+    vae = build_tiny_sd15()["vae"]
+    names = {k: ldm_names.vae_key_to_ldm(k) for k in vae.state_dict()}
+    assert names == dict(zip(names, vae_to_ldm(vae.state_dict(), dict(vae.config)), strict=True))
 
 
 def test_a_kohya_lora_with_ldm_block_names_fuses_like_its_diffusers_named_twin(
