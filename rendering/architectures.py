@@ -31,7 +31,14 @@ SD15_LAYERS_PER_BLOCK = 2
 SD15_ATTENTION_LEVELS = (0, 1, 2)
 TEXT_HEAD_DIM = 64  # CLIP ViT-L/14 text tower: 768 wide, 12 heads
 VISION_HEAD_DIM = 80  # CLIP ViT-H/14 vision tower: 1280 wide, 16 heads
+# The other vision towers kept in models/clip_vision, by width; their heads are 64 (B, L) or 104 (bigG) wide.
+OTHER_VISION_TOWERS = {
+    768: "a CLIP ViT-B vision tower (768 wide)",
+    1024: "a CLIP ViT-L/14 vision tower (1024 wide, e.g. clip_vision_l / SD1.5's own CLIP image side)",
+    1664: "a CLIP ViT-bigG/14 vision tower (1664 wide, for SDXL IP-Adapters)",
+}
 IP_ADAPTER_SD15_TOKENS = 4  # ip-adapter_sd15: 4 image tokens; the plus variant: 16
+IP_ADAPTER_FULL_FACE_TOKENS = 257  # ip-adapter-full-face_sd15: ViT-H/14's 256 patches + CLS at 224 px
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -222,6 +229,7 @@ CONTROLNET_HINT_CHANNELS = 3
 
 SD2_CROSS_ATTENTION_DIM = 1024  # OpenCLIP ViT-H/14; SD1.5 has CLIP ViT-L/14's 768, SDXL 2048
 DIFFUSERS_CONTROLNET_KEY = "controlnet_cond_embedding.conv_in.weight"
+DIFF_CONTROLNET_KEY = "difference"
 
 
 def controlnet_prefix(shapes: Shapes) -> str:
@@ -258,6 +266,16 @@ def controlnet_widths(shapes: Shapes, path: Path, cross_attention_dim: int | Non
         ModelMismatchError: not a ControlNet, an SDXL or SD2.x ControlNet, one whose hint is not an RGB image,
             or one for another checkpoint width.
     """
+    if DIFF_CONTROLNET_KEY in shapes:
+        # kohya's diff_control_sd15_* files: control_model.* holds each weight minus the SD1.5 UNet's, and a
+        # ``difference`` key marks them (ComfyUI's comfy/controlnet.py adds the checkpoint's UNet back when it
+        # sees that key). Loaded as weights they would steer the render with garbage.
+        raise ModelMismatchError(
+            f"{path.name} is a 'diff' ControlNet (kohya diff_control_sd15_*, with a 'difference' key): it holds "
+            "differences from an SD1.5 UNet, not ControlNet weights, and this sampler does not rebuild them. Use the "
+            "full ControlNet for the same control type (e.g. control_v11p_sd15_canny.pth or "
+            "control_sd15_canny.pth) in models/controlnet, or ComfyUI's DiffControlNetLoader with its own sampler."
+        )
     if is_diffusers_controlnet(shapes):
         return _diffusers_controlnet_widths(shapes, path, cross_attention_dim)
     prefix = controlnet_prefix(shapes)
@@ -337,7 +355,8 @@ def _check_controlnet_family(
 
 @dataclass(frozen=True)
 class IpAdapterInfo:
-    """What an IP-Adapter file is: the plain variant (4 tokens from the pooled embedding) or plus (16, patches)."""
+    """What an IP-Adapter file is: the plain variant (4 tokens from the pooled embedding) or one fed with the
+    encoder's patch features (``plus``: plus, 16 tokens, and full-face, 257)."""
 
     plus: bool
     cross_attention_dim: int
@@ -351,7 +370,10 @@ def ip_adapter_info(shapes: Shapes, path: Path, cross_attention_dim: int, cross_
     Raises:
         ModelMismatchError: an SDXL or FaceID adapter, or not an IP-Adapter at all.
     """
-    if "image_proj.proj.0.weight" in shapes or any(k.startswith("image_proj.perceiver_resampler.") for k in shapes):
+    full_face = "image_proj.proj.3.weight" in shapes  # ip-adapter-full-face_sd15: an MLP with a final LayerNorm
+    if (not full_face and "image_proj.proj.0.weight" in shapes) or any(
+        k.startswith("image_proj.perceiver_resampler.") for k in shapes
+    ):
         raise ModelMismatchError(
             f"{path.name} is an IP-Adapter FaceID/FaceID-plus model, which needs InsightFace; use ip-adapter_sd15 or "
             "ip-adapter-plus_sd15 in models/ipadapter."
@@ -371,6 +393,8 @@ def ip_adapter_info(shapes: Shapes, path: Path, cross_attention_dim: int, cross_
             f"has {cross_attention_layers} of width {cross_attention_dim}. "
             "Pick ip-adapter_sd15 or ip-adapter-plus_sd15."
         )
+    if full_face:  # diffusers' IPAdapterFullImageProjection: every patch token of the encoder, projected
+        return IpAdapterInfo(True, cad, shapes["image_proj.proj.0.weight"][1], IP_ADAPTER_FULL_FACE_TOKENS)
     if "image_proj.latents" in shapes:
         return IpAdapterInfo(True, cad, shapes["image_proj.proj_in.weight"][1], shapes["image_proj.latents"][1])
     proj = shapes["image_proj.proj.weight"]
@@ -398,11 +422,19 @@ def image_encoder_dims(shapes: Shapes, path: Path) -> dict[str, Any]:
             "in models/clip_vision."
         )
     patch = shapes[f"{pre}embeddings.patch_embedding.weight"]
+    hidden = patch[0]
+    if hidden in OTHER_VISION_TOWERS or hidden % VISION_HEAD_DIM:
+        tower = OTHER_VISION_TOWERS.get(hidden, f"a CLIP vision tower {hidden} wide")
+        raise ModelMismatchError(
+            f"{path.name} is {tower}, not ViT-H/14 (1280 wide, 16 heads of 80). IP-Adapter SD1.5 (plain, plus and "
+            "full-face) is trained on ViT-H/14's features: put h94/IP-Adapter models/image_encoder/model.safetensors "
+            "(ComfyUI users name it CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors) in models/clip_vision and pick it."
+        )
     positions = shapes[f"{pre}embeddings.position_embedding.weight"][0]
     grid = round((positions - 1) ** 0.5)
     layers = {int(m[1]) for k in shapes if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k))}
     return image_encoder_config(
-        hidden=patch[0],
+        hidden=hidden,
         intermediate=shapes[f"{pre}encoder.layers.0.mlp.fc1.weight"][0],
         layers=len(layers),
         image_size=grid * patch[2],

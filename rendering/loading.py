@@ -23,6 +23,7 @@ import torch
 from ..errors import ModelMismatchError
 from ..hub_access import hub_offline
 from . import architectures as arch
+from . import sd15_checkpoint
 from .model_files import load_state_dict, read_shapes
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     produce ``dtype``, so a cast happens only for odd files (e.g. an fp32 encoder for an fp16 run).
     """
     first = next(module.parameters())
-    if first.dtype != dtype:
+    # Every floating tensor, not just the first: one fp32 LayerNorm in an fp16 file breaks the first render.
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
         module.to(dtype=dtype)
     if first.device != device:
         module.to(device=device)
@@ -100,9 +103,24 @@ def _preread_state(path: Path) -> tuple[dict[str, tuple[int, ...]], Preread]:
     return {k: tuple(v.shape) for k, v in state.items()}, state
 
 
-def check_sd15(path: Path) -> arch.Sd15Widths | None:
-    """Refuse a file that is not an SD1.5 checkpoint, reading only its header (safetensors) where possible."""
-    return None if path.is_dir() else arch.sd15_widths(read_shapes(path), path)
+def check_sd15(path: Path) -> sd15_checkpoint.CheckedCheckpoint | None:
+    """Refuse a file that is not a complete SD1.5 checkpoint, reading only its header (safetensors) where possible.
+
+    What a pickle's check unpickled is handed on to :func:`load_sd15`, so a ``.ckpt`` is read once.
+    """
+    if path.is_dir():
+        return None
+    shapes, state = _preread_state(path)
+    shapes = sd15_checkpoint.text_encoder_keys(shapes)
+    try:
+        widths = arch.sd15_widths(shapes, path)
+    except KeyError as exc:  # a part present but without a weight its widths are read from
+        raise ModelMismatchError(
+            f"{path.name} is an incomplete SD1.5 checkpoint: it lacks {exc.args[0] if exc.args else '?'}. Download "
+            f"the checkpoint again into {path.parent}, or use a complete one such as v1-5-pruned-emaonly.safetensors."
+        ) from exc
+    sd15_checkpoint.check_complete(shapes, widths, path)
+    return sd15_checkpoint.CheckedCheckpoint(widths, state)
 
 
 def check_controlnet(path: Path, cross_attention_dim: int) -> Preread:
@@ -125,12 +143,15 @@ def check_image_encoder(path: Path) -> Preread:
 
 @hub_offline()
 def load_sd15(
-    path: Path, dtype: torch.dtype, device: torch.device, widths: arch.Sd15Widths | None = None
+    path: Path, dtype: torch.dtype, device: torch.device, checked: sd15_checkpoint.CheckedCheckpoint | None = None
 ) -> Sd15Parts:
     """UNet, VAE, text encoder, tokenizer and scheduler from an SD1.5 single file or diffusers folder.
 
+    A single file is converted by diffusers' converters and loaded strictly (``sd15_checkpoint``): every weight
+    comes from the file, none is made up. ``checked`` is what :func:`check_sd15` found (and, for a pickle, read).
+
     Raises:
-        ModelMismatchError: not an SD1.5 checkpoint, truncated, or inconsistent with its tokenizer.
+        ModelMismatchError: not an SD1.5 checkpoint, incomplete, truncated, or inconsistent with its tokenizer.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -143,25 +164,29 @@ def load_sd15(
             )
         with quiet_progress():
             pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, dtype=dtype, **common)
-        vocab = int(pipe.text_encoder.config.vocab_size)
+        _check_tokenizer(pipe.tokenizer, int(pipe.text_encoder.config.vocab_size), path)
+        parts = Sd15Parts(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
     else:
-        widths = widths or arch.sd15_widths(read_shapes(path), path)
-        with tempfile.TemporaryDirectory(prefix="sketch-rag-sd15-") as tmp, quiet_progress():
-            config = arch.write_sd15_config_folder(Path(tmp), widths)
-            try:
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(path), config=str(config), local_files_only=True, dtype=dtype, **common
-                )
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise ModelMismatchError(
-                    f"{path.name} looks like SD1.5 but its weights do not fit the SD1.5 layout ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200]}). Re-download the checkpoint into {path.parent}."
-                ) from exc
-        vocab = widths.vocab_size
-    _check_tokenizer(pipe.tokenizer, vocab, path)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        checked = checked or check_sd15(path)
+        assert checked is not None  # a file, not a folder
+        state = checked.state if checked.state is not None else load_state_dict(path)
+        models = sd15_checkpoint.build(state, checked.widths, dtype, path)
+        del state
+        parts = Sd15Parts(models["unet"], models["vae"], models["text_encoder"], *_tokenizer_and_scheduler())
+        _check_tokenizer(parts.tokenizer, checked.widths.vocab_size, path)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
         place(module, device, dtype)
-    return Sd15Parts(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler)
+    return parts
+
+
+def _tokenizer_and_scheduler() -> tuple[Any, Any]:
+    """SD1.5's CLIP tokenizer and PNDM scheduler from the shipped config folder (what from_single_file gives)."""
+    from diffusers import PNDMScheduler
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(arch.SD15_CONFIG_DIR / "tokenizer", local_files_only=True)
+    scheduler = PNDMScheduler.from_pretrained(arch.SD15_CONFIG_DIR / "scheduler", local_files_only=True)
+    return tokenizer, scheduler
 
 
 @hub_offline()
@@ -229,6 +254,8 @@ def load_image_encoder(path: Path, dtype: torch.dtype, device: torch.device, sta
         with torch.device("meta"):
             model = CLIPVisionModelWithProjection(config)
         state.pop("vision_model.embeddings.position_ids", None)  # a buffer older exports carry
+        # Files mixing fp16 and fp32 tensors (an fp32 LayerNorm kept by a converter) are common: cast each one.
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         try:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:

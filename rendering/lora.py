@@ -1,15 +1,20 @@
 """LoRA files for the SD1.5 pipeline: read the layouts users have, refuse the wrong ones, fuse them exactly.
 
-Two layouts are in use for SD1.5 LoRAs in ``models/loras``:
+The layouts users keep in ``models/loras`` for SD1.5 (:data:`LAYOUTS`):
 
 - kohya/A1111 (sd-scripts, most files on model sites): ``lora_unet_<module_with_underscores>.lora_down.weight``,
-  ``.lora_up.weight`` and an ``.alpha`` scalar; the text encoder under ``lora_te_``.
+  ``.lora_up.weight`` and an ``.alpha`` scalar; the text encoder under ``lora_te_``. The module names are
+  diffusers' block names, or LDM's (``lora_unet_input_blocks_1_1_proj_in``) in LoRAs extracted from LDM files.
 - diffusers/PEFT (``save_lora_weights``, the diffusers training scripts): ``unet.<module>.lora_A.weight`` /
   ``lora_B.weight`` (older: ``lora.down``/``lora.up``, ``to_q_lora``), the text encoder under ``text_encoder.``;
-  alpha, when not equal to the rank, in the safetensors metadata (``lora_adapter_metadata``).
+  alpha, when not equal to the rank, in the safetensors metadata (``lora_adapter_metadata``). diffusers'
+  ``save_attn_procs`` wrote the UNet part without the ``unet.`` prefix.
+- ComfyUI's own saver (``diffusion_model.<LDM module>``, ``text_encoders.clip_l.…``, full ``.diff``/``.diff_b``
+  differences for 1-D weights and biases).
 
 Key names are translated by diffusers' own converters (``lora_state_dict``, ``convert_unet_state_dict_to_peft``,
-``convert_state_dict_to_peft``), not by a mapping of ours. Applying them does not use diffusers' PEFT path
+``convert_state_dict_to_peft``); LDM block names go through ``ldm_names`` (checked against ComfyUI's table).
+Applying them does not use diffusers' PEFT path
 (``load_lora_weights`` + ``fuse_lora``): it needs the ``peft`` package, its ``unfuse_lora`` subtracts the delta
 again, which in fp16 is not bit-exact, and un-fused PEFT layers cost extra matmuls on every step. Instead each
 LoRA's delta ``strength * alpha / rank * up @ down`` is added to the weight (in float32, rounded once), with a
@@ -45,6 +50,20 @@ MAX_LORA_STRENGTH = 5.0
 """|strength| above this only breaks SD1.5 renders (A1111 users stay within ±2; slider LoRAs within ±5)."""
 
 COMPONENTS = ("unet", "text_encoder")
+LAYOUTS = {
+    "kohya": "kohya/A1111 (lora_unet_…, diffusers block names)",
+    "kohya-ldm": "kohya/A1111 with LDM block names (lora_unet_input_blocks_…)",
+    "diffusers": "diffusers/PEFT (unet.…lora_A / lora.down)",
+    "attn-procs": "diffusers' save_attn_procs (…processor.to_q_lora.down)",
+    "comfyui": "ComfyUI's LoRA saver (diffusion_model.…, text_encoders.clip_l.…)",
+}
+# ComfyUI's own LoRA files (comfy_extras/nodes_lora_extract.py, LoraSave): LDM module names with dots under
+# ``diffusion_model.``, the CLIP under ``text_encoders.clip_l.transformer.``; ``lora_up``/``lora_down`` for 2-D+
+# weights, ``.diff`` for 1-D weights and ``.diff_b`` for biases, no alpha (ComfyUI's loader then scales by 1).
+COMFY_UNET_PREFIX = "diffusion_model."
+COMFY_TEXT_PREFIXES = ("text_encoders.clip_l.transformer.text_model.", "text_encoders.clip_l.transformer.")
+COMFY_SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha", ".diff", ".diff_b")
+LDM_BLOCKS = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|time_embed|out)_")
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder"}
 KOHYA_SDXL_PREFIXES = ("lora_te1_", "lora_te2_")
 DIFFUSERS_PREFIXES = ("unet.", "text_encoder.")
@@ -54,7 +73,7 @@ UNSUPPORTED_ADAPTERS = {  # LyCORIS and friends (other maths than up @ down), by
     r"\.lokr_w[12](_[ab])?$": "LoKr",
     r"\.lora_mid\.weight$": "LoCon with a Tucker mid factor",
     r"(\.dora_scale|lora_magnitude_vector.*)$": "DoRA",
-    r"\.diff(_b)?$": "a full weight difference",
+    r"^lora_.*\.diff(_b)?$": "LyCORIS 'full' (weight differences under kohya names)",
 }
 # Text width of each family's text encoder, which is also the input width of every ``attn2.to_k``/``to_v``.
 FAMILY_BY_TEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL"}
@@ -62,23 +81,39 @@ FAMILY_BY_TEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL"}
 
 @dataclass(frozen=True)
 class LoraPatch:
-    """One low-rank update: ``weight += strength * scale * up @ down`` on ``component``'s ``module``."""
+    """One update of ``component``'s ``module``: ``param += strength * scale * up @ down``, or ``+= strength * diff``.
+
+    ``diff`` is a full difference (ComfyUI's LoRA saver writes one for every 1-D weight and bias: ``.diff``,
+    ``.diff_b``); ``down``/``up`` are then empty.
+    """
 
     component: str
     module: str
     down: torch.Tensor  # (rank, in) or (rank, in, kh, kw)
     up: torch.Tensor  # (out, rank) or (out, rank, 1, 1)
     scale: float  # alpha / rank
+    param: str = "weight"
+    diff: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.diff,) if self.diff is not None else (self.down, self.up)
+
     def delta(self, device: torch.device) -> torch.Tensor:
-        """``scale * up @ down`` in float32, flattened to (out, in * kh * kw)."""
+        """``scale * up @ down`` (or ``scale * diff``) in float32; a low-rank one flattened to (out, in * kh * kw)."""
+        if self.diff is not None:
+            return self.diff.to(device, torch.float32) * self.scale
         up = self.up.to(device, torch.float32).flatten(1)
         down = self.down.to(device, torch.float32).flatten(1)
         return (up @ down) * self.scale
+
+
+def full_difference(component: str, module: str, param: str, diff: torch.Tensor) -> LoraPatch:
+    empty = torch.empty(0)
+    return LoraPatch(component, module, empty, empty, 1.0, param, diff)
 
 
 @dataclass(frozen=True)
@@ -86,7 +121,7 @@ class LoraFile:
     """A read and recognised LoRA file: its patches in diffusers module names."""
 
     path: Path
-    layout: str  # "kohya" or "diffusers"
+    layout: str  # one of LAYOUTS
     patches: tuple[LoraPatch, ...]
 
 
@@ -117,8 +152,8 @@ def _not_a_lora(path: Path, keys: Sequence[str]) -> ModelMismatchError:
     else:
         what = f"not a LoRA (keys like {sample})"
     return ModelMismatchError(
-        f"{path.name} is {what}. A LoRA holds lora_unet_…lora_down/lora_up weights (kohya/A1111) or "
-        "unet.….lora_A/lora_B weights (diffusers). Pick an SD1.5 LoRA from models/loras."
+        f"{path.name} is {what}. The LoRA layouts read are: {'; '.join(LAYOUTS.values())}. Pick an SD1.5 LoRA "
+        "from models/loras, or re-save this one with kohya's or diffusers' tools."
     )
 
 
@@ -257,8 +292,99 @@ def _read_diffusers(path: Path, state: dict[str, torch.Tensor]) -> list[LoraPatc
     return patches
 
 
+def _layout(keys: Sequence[str]) -> str | None:
+    if not keys:
+        return None
+    if all(k.startswith((*KOHYA_PREFIXES, *KOHYA_SDXL_PREFIXES)) for k in keys):
+        return "kohya-ldm" if any(LDM_BLOCKS.match(k) for k in keys) else "kohya"
+    if all(k.startswith((*DIFFUSERS_PREFIXES, "text_encoder_2.")) for k in keys) and any("lora" in k for k in keys):
+        return "diffusers"
+    if all(k.startswith((COMFY_UNET_PREFIX, *COMFY_TEXT_PREFIXES)) and k.endswith(COMFY_SUFFIXES) for k in keys):
+        return "comfyui"
+    # diffusers' save_attn_procs (until 0.24; h94-era LoRAs and pytorch_lora_weights.bin of the first training
+    # scripts): UNet attention processors only, ``<block>.attnN.processor.to_q_lora.down.weight``, no prefix.
+    if all(re.search(r"\.processor\.to_(q|k|v|out)_lora\.(down|up)\.weight$", k) for k in keys):
+        return "attn-procs"
+    return None
+
+
+def _kohya_ldm_names(path: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """kohya keys with LDM block names renamed to the diffusers block names kohya uses for SD1.5.
+
+    Such files come from LoRAs extracted from LDM checkpoints (sd-scripts issue 1490 lists
+    ``lora_unet_input_blocks_7_1_transformer_blocks_0_attn2_to_out_0.lora_down.weight`` / ``.alpha``).
+    """
+    from .ldm_names import kohya_ldm_to_diffusers
+
+    table = kohya_ldm_to_diffusers()
+    renamed = {}
+    for key, value in state.items():
+        name, _, rest = key.partition(".")
+        if name.startswith("lora_unet_"):
+            ldm = name.removeprefix("lora_unet_")
+            if ldm not in table:
+                raise ModelMismatchError(
+                    f"{path.name} is a {LAYOUTS['kohya-ldm']} LoRA whose {name!r} names no module of SD1.5's UNet; "
+                    f"it was made for another model. Pick an SD1.5 LoRA from {path.parent}."
+                )
+            name = "lora_unet_" + table[ldm].replace(".", "_")
+        renamed[f"{name}.{rest}"] = value
+    return renamed
+
+
+def _read_comfyui(path: Path, state: dict[str, torch.Tensor]) -> list[LoraPatch]:
+    from .ldm_names import ldm_to_diffusers_modules
+
+    table = ldm_to_diffusers_modules()
+    modules: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        suffix = next(s for s in COMFY_SUFFIXES if key.endswith(s))
+        base = key[: -len(suffix)]
+        if base.startswith(COMFY_UNET_PREFIX):
+            ldm = base.removeprefix(COMFY_UNET_PREFIX)
+            if ldm not in table:
+                raise ModelMismatchError(
+                    f"{path.name} is a {LAYOUTS['comfyui']} LoRA for {ldm!r}, which SD1.5's UNet does not have; it "
+                    f"was made for another model. Pick an SD1.5 LoRA from {path.parent}."
+                )
+            target = ("unet", table[ldm])
+        else:
+            prefix = next(p for p in COMFY_TEXT_PREFIXES if base.startswith(p))
+            target = ("text_encoder", base.removeprefix(prefix))
+            if target[1] == "text_projection":
+                # ComfyUI's CLIP carries a projection SD1.5 never uses (the UNet is conditioned on the hidden
+                # states) and its saver writes an entry for it; diffusers' CLIPTextModel has no such layer.
+                continue
+        modules.setdefault(target, {})[suffix] = value
+    patches = []
+    for (component, module), parts in sorted(modules.items()):
+        if ".diff" in parts:
+            patches.append(full_difference(component, module, "weight", parts[".diff"]))
+        if ".diff_b" in parts:
+            patches.append(full_difference(component, module, "bias", parts[".diff_b"]))
+        down, up = parts.get(".lora_down.weight"), parts.get(".lora_up.weight")
+        if (down is None) != (up is None):
+            raise ModelMismatchError(
+                f"{path.name} has {component}.{module} without its lora_down/lora_up pair; the file is damaged. "
+                f"Download or save it again into {path.parent}."
+            )
+        if down is not None and up is not None:
+            alpha = parts.get(".alpha")
+            scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
+            patches.append(LoraPatch(component, module, down, up, scale))
+    return patches
+
+
 def read_lora(path: Path) -> LoraFile:
     """Read a LoRA file and translate it into diffusers module names; refuse what is not an SD1.5 LoRA.
+
+    The layouts read are those of :data:`LAYOUTS`. The few-step LoRAs users pair with the ``lcm``/``tcd``
+    samplers come in these layouts: LCM-LoRA SD1.5 (latent-consistency/lcm-lora-sdv1-5) is kohya with diffusers
+    block names, ``lora_down``/``lora_up``/``alpha``, on attention, resnet and sampler layers (stable-diffusion.cpp
+    PR 955 lists it as "unet|lora_down+lora_up+alpha|hf"); Hyper-SD15 (ByteDance/Hyper-SD ``Hyper-SD15-*-lora``)
+    and PCM's ``pcm_sd15_*_converted`` (G-U-N/Phased-Consistency-Model issue 2: the "converted" files are for
+    A1111/ComfyUI) are kohya too; TCD-SD15 (h1t/TCD-SD15-LoRA) is loaded in diffusers' TCD guide with
+    ``load_lora_weights``, the diffusers layout.
 
     Raises:
         ModelNotFoundError: the file is gone.
@@ -268,22 +394,24 @@ def read_lora(path: Path) -> LoraFile:
         raise ModelNotFoundError(f"LoRA file {path} does not exist (any more); pick another in the Hybrid LoRA node.")
     state = load_state_dict(path)
     keys = list(state)
-    if keys and all(k.startswith((*KOHYA_PREFIXES, *KOHYA_SDXL_PREFIXES)) for k in keys):
-        layout = "kohya"
-    elif (
-        keys
-        and all(k.startswith((*DIFFUSERS_PREFIXES, "text_encoder_2.")) for k in keys)
-        and any("lora" in k for k in keys)
-    ):
-        layout = "diffusers"
-    else:
+    layout = _layout(keys)
+    if layout is None:
         raise _not_a_lora(path, keys)
     _refuse_family(path, keys)
-    patches = _read_kohya(path, state) if layout == "kohya" else _read_diffusers(path, state)
+    if layout == "kohya-ldm":
+        patches = _read_kohya(path, _kohya_ldm_names(path, state))
+    elif layout == "kohya":
+        patches = _read_kohya(path, state)
+    elif layout == "comfyui":
+        patches = _read_comfyui(path, state)
+    elif layout == "attn-procs":
+        patches = _read_diffusers(path, {f"unet.{k}": v for k, v in state.items()})
+    else:
+        patches = _read_diffusers(path, state)
     if not patches:
         raise _not_a_lora(path, keys)
     for patch in patches:  # a NaN fused into the weights would turn every render black
-        if not (torch.isfinite(patch.down).all() and torch.isfinite(patch.up).all()):
+        if not all(torch.isfinite(t).all() for t in patch.tensors()):
             raise ModelMismatchError(
                 f"{path.name} holds NaN or infinite values in {patch.component}.{patch.module}; the file is damaged. "
                 f"Download it again into {path.parent}."
@@ -294,7 +422,7 @@ def read_lora(path: Path) -> LoraFile:
 def _text_width(lora: LoraFile) -> int | None:
     """The text width a LoRA was trained for: the input width of its cross-attention keys/values."""
     for patch in lora.patches:
-        if patch.component == "unet" and re.search(r"attn2\.to_[kv]$", patch.module):
+        if patch.component == "unet" and patch.diff is None and re.search(r"attn2\.to_[kv]$", patch.module):
             return int(patch.down.shape[1])
     return None
 
@@ -322,23 +450,37 @@ def check_fits(lora: LoraFile, models: Mapping[str, torch.nn.Module], checkpoint
     for component in COMPONENTS:
         modules = dict(models[component].named_modules())
         for patch in (p for p in lora.patches if p.component == component):
-            module = modules.get(module_name(models[component], patch))
-            weight = getattr(module, "weight", None)
-            out_in = (int(patch.up.shape[0]), int(patch.down[0].numel()))
-            if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d) or not isinstance(weight, torch.Tensor):
-                problem = f"targets {component}.{patch.module}, which {checkpoint} does not have"
-            elif patch.up.shape[1] != patch.rank or out_in != (weight.shape[0], weight[0].numel()):
-                problem = (
-                    f"has a {out_in[0]}×{out_in[1]} update for {component}.{patch.module}, whose weight is "
-                    f"{tuple(weight.shape)} in {checkpoint}"
-                )
-            else:
+            problem = _misfit(patch, modules.get(module_name(models[component], patch)), checkpoint)
+            if problem is None:
                 continue
             trained = f" (it looks trained for {_family(width)})" if width is not None else ""
             raise ModelMismatchError(
-                f"{lora.path.name} {problem}{trained}: it was made for another model. Pick a LoRA trained for "
-                f"this SD1.5 checkpoint's family from {lora.path.parent}."
+                f"{lora.path.name} ({LAYOUTS[lora.layout]}) {problem}{trained}: it was made for another model. Pick a "
+                f"LoRA trained for this SD1.5 checkpoint's family from {lora.path.parent}."
             )
+
+
+LOW_RANK_TARGETS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
+
+
+def _misfit(patch: LoraPatch, module: torch.nn.Module | None, checkpoint: str) -> str | None:
+    """Why ``patch`` does not fit ``module`` (None when it does)."""
+    target = f"{patch.component}.{patch.module}"
+    param = getattr(module, patch.param, None) if module is not None else None
+    if not isinstance(param, torch.Tensor):
+        return f"targets {target}.{patch.param}, which {checkpoint} does not have"
+    if patch.diff is not None:
+        if tuple(patch.diff.shape) != tuple(param.shape):
+            shape = tuple(param.shape)
+            return f"has a {tuple(patch.diff.shape)} difference for {target}.{patch.param}, which is {shape}"
+        return None
+    out_in = (int(patch.up.shape[0]), int(patch.down[0].numel()))
+    if not isinstance(module, LOW_RANK_TARGETS):
+        return f"has a low-rank update for {target}, a {type(module).__name__} in {checkpoint}"
+    if patch.up.shape[1] != patch.rank or out_in != (param.shape[0], param[0].numel()):
+        shape = tuple(param.shape)
+        return f"has a {out_in[0]}×{out_in[1]} update for {target}, whose weight is {shape} in {checkpoint}"
+    return None
 
 
 def module_name(model: torch.nn.Module, patch: LoraPatch) -> str:
@@ -442,7 +584,7 @@ class LoraFusion:
             if strength == 0.0:
                 continue
             for patch in lora.patches:
-                name = f"{module_name(models[patch.component], patch)}.weight"
+                name = f"{module_name(models[patch.component], patch)}.{patch.param}"
                 weight = models[patch.component].get_parameter(name)
                 delta = patch.delta(weight.device) * strength
                 slot = (patch.component, name)
