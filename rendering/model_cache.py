@@ -119,8 +119,8 @@ class PipelineCache:
     def _checkpoint(self, spec: PipelineSpec, placement: _Placement) -> _Slot:
         """The SD1.5 checkpoint's slot, its VAE in its own precision, with the spec's LoRAs fused into its weights."""
 
-        def load(widths: Any) -> loading.Sd15Parts:
-            sd = loading.load_sd15(spec.checkpoint, placement.dtype, placement.device, widths)
+        def load(checked: Any) -> loading.Sd15Parts:
+            sd = loading.load_sd15(spec.checkpoint, placement.dtype, placement.device, checked)
             place_vae(sd.vae, placement.vae_dtype, placement.dtype)
             return sd
 
