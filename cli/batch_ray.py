@@ -22,6 +22,7 @@ with every problem listed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -174,11 +175,14 @@ class ComfyActor:
 def connect(ray: Any, address: str | None) -> None:
     """``ray.init`` for ``address``; an address that does not answer is a ``PreflightError`` within seconds.
 
-    A local Ray (no address) is bound to 127.0.0.1 with no dashboard.
+    A local Ray (no address) is bound to 127.0.0.1 with no dashboard. Ray's and Ray Data's usage reports are
+    off unless the environment turns them on (a cluster's own are set where it was started: ``ray start``).
     """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
     quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
-        ray.init(_node_ip_address="127.0.0.1", **quiet)
+        ray.init(address="local", _node_ip_address="127.0.0.1", **quiet)  # never an instance found running
         return
     if address != "auto":
         parts = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
@@ -194,8 +198,7 @@ def connect(ray: Any, address: str | None) -> None:
             raise PreflightError(f"No Ray cluster answers at {address} ({exc}); start one with `ray start --head` "
                                  "on that machine, or fix --ray. Nothing was queued.") from exc
     try:
-        ray.init(address=address, include_dashboard=None if address.startswith("ray://") else False,
-                 logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         raise PreflightError(f"Cannot join the Ray cluster at {address} ({exc}); start one with "
                              "`ray start --head`, or fix --ray. Nothing was queued.") from exc
@@ -260,7 +263,9 @@ def run_on_ray(ray: Any, settings: BatchSettings, todo: Sequence[Job], placement
         ComfyActor, batch_size=1,
         # ``slots`` jobs in flight per actor, as per server with --server: its ComfyUI never waits for the next.
         compute=ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=max(1, settings.slots)),
-        fn_constructor_kwargs={"settings": settings, "jobs": list(todo), "comfy": placement.comfy},
+        # The actors score nothing (the driver does): the CLIP model, if any, stays here.
+        fn_constructor_kwargs={"settings": dataclasses.replace(settings, embedder=None), "jobs": list(todo),
+                               "comfy": placement.comfy},
         num_gpus=placement.num_gpus or None, num_cpus=placement.num_cpus, resources=placement.resources or None)
     by_id = {job.job_id: job for job in todo}
     progress = Progress(settings, result, len(todo))
