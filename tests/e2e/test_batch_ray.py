@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
 FAST_ARGS = ["--tiny-models", "--steps", "2", "--resolution", "64", "--style-resolution", "64", "--height", "64",
              "--no-progress"]
-NODE = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 150 * 1024 * 1024}
+NODE: dict[str, Any] = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 150 * 1024 * 1024}
 
 
 COMFYUI_HOME = Path(__file__).resolve().parents[2] / ".comfyui"
