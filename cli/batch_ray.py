@@ -136,11 +136,9 @@ class ComfyActor:
             raise SketchRagError(f"No ComfyUI answers at {url} on node {self.node}, and no --comfyui-dir was given "
                                  "to start one; start one there or give the ComfyUI folder every node has.")
         extra: tuple[str, ...] = ("--base-directory", str(comfy.base_dir)) if comfy.base_dir else ()
-        env = {**comfy.env}
-        if gpu_ids:  # Ray set CUDA_VISIBLE_DEVICES for this actor; ComfyUI sees its one GPU
-            env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", str(index))
         log_dir = comfy.base_dir or comfy.comfyui_dir
-        self.server = start_server(comfy.comfyui_dir, port=port, cpu=comfy.cpu, extra_args=extra, env=env,
+        # It inherits the actor's environment: CUDA_VISIBLE_DEVICES, set by Ray, shows it this actor's GPU only.
+        self.server = start_server(comfy.comfyui_dir, port=port, cpu=comfy.cpu, extra_args=extra, env=comfy.env,
                                    log_path=log_dir / f"comfyui-ray-{port}.log", die_with_parent=True)
         return self.server.url
 
