@@ -105,7 +105,7 @@ class ComfyActor:
     def __init__(self, settings: BatchSettings, jobs: list[Job], comfy: ComfySpec) -> None:
         import ray
 
-        self.node = f"{ray.util.get_node_ip_address()} {ray.get_runtime_context().get_node_id()[:8]}"
+        self.node = f"{socket.gethostname()} {ray.get_runtime_context().get_node_id()[:8]}"
         self.server: Any = None
         self.url = self._comfyui(comfy, ray.get_gpu_ids())
         client = ComfyClient(self.url, timeout=settings.request_timeout)
@@ -203,8 +203,9 @@ def connect(ray: Any, address: str | None) -> None:
 
 
 def _alive_nodes(ray: Any) -> dict[str, str]:
-    """Node id -> "ip id8" of every node alive now."""
-    return {n["NodeID"]: f"{n['NodeManagerAddress']} {n['NodeID'][:8]}" for n in ray.nodes() if n.get("Alive")}
+    """Node id -> "hostname id8" (as actors name their node) of every node alive now."""
+    return {n["NodeID"]: f"{n.get('NodeManagerHostname') or n['NodeManagerAddress']} {n['NodeID'][:8]}"
+            for n in ray.nodes() if n.get("Alive")}
 
 
 def _actor_count(ray: Any, placement: RayPlacement) -> int:
