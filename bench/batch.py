@@ -1,7 +1,8 @@
 """Batch throughput benchmark: jobs per minute through a real ComfyUI server, through Ray, and in-process.
 
 One run, ending with one JSON line ``{"jobs", "rounds", "server_jobs_per_min", "inprocess_jobs_per_min",
-"overhead_ratio", "overhead_ms_per_job", "overhead_ms_per_job_rounds"}``.
+"overhead_ratio", "overhead_ms_per_job", "overhead_ms_per_job_rounds", ..., "ray_jobs_per_min", "ray_init_s",
+"ray_startup_s", "ray_steady_ms_per_job", "server_steady_ms_per_job", "ray_overhead_ms_per_job_vs_server"}``.
 
 Why both sides: ``sketch-rag batch`` adds an HTTP server, uploads, a websocket, ``/history`` + ``/view``
 downloads, a PNG with the workflow embedded and a structure score per job on top of the engine's own
