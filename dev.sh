@@ -27,8 +27,8 @@ setup() {
   fi
   local stamp="$VENV/.sketch-rag-$(cat pyproject.toml requirements.txt constraints.txt | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
-    log "installing the pack and its dev tools"
-    pip_quiet install -q -c constraints.txt -r requirements.txt -e ".[dev]"
+    log "installing the pack, its dev tools and the ray extra (the --ray batch tests)"
+    pip_quiet install -q -c constraints.txt -r requirements.txt -e ".[dev,ray]"
     touch "$stamp"
   fi
   if "$PY" -m pip list 2>/dev/null | grep -qiE '^(nvidia-|triton )'; then

@@ -1,7 +1,8 @@
-"""Batch throughput benchmark: jobs per minute through a real ComfyUI server vs the same engine in-process.
+"""Batch throughput benchmark: jobs per minute through a real ComfyUI server, through Ray, and in-process.
 
 One run, ending with one JSON line ``{"jobs", "rounds", "server_jobs_per_min", "inprocess_jobs_per_min",
-"overhead_ratio", "overhead_ms_per_job", "overhead_ms_per_job_rounds"}``.
+"overhead_ratio", "overhead_ms_per_job", "overhead_ms_per_job_rounds", ..., "ray_jobs_per_min", "ray_init_s",
+"ray_startup_s", "ray_steady_ms_per_job", "server_steady_ms_per_job", "ray_overhead_ms_per_job_vs_server"}``.
 
 Why both sides: ``sketch-rag batch`` adds an HTTP server, uploads, a websocket, ``/history`` + ``/view``
 downloads, a PNG with the workflow embedded and a structure score per job on top of the engine's own
@@ -35,6 +36,16 @@ is far smaller than with the tiny ones. The details line (stderr) breaks a serve
 upload, POST /prompt, queue wait, execution (as the client saw it and as the server's history stamps
 it), how long after the server's end the client had the result (websocket + /history), /view downloads,
 PNG writes, scoring.
+
+The Ray row (``--ray`` placement, skipped with ``--no-ray`` or without the ray extra): a local one-node
+Ray (started once, on 127.0.0.1; ``ray_init_s``) whose actor finds the same ComfyUI the server side uses and
+keeps the same two jobs in flight, so the two rows differ only by the placement. Each round is one
+``--ray`` batch on its own actor pool, as a run of ``sketch-rag batch --ray`` is. Start-up and per-job cost
+are told apart by when each job's manifest landed (its file's mtime, on both sides alike): a batch's
+steady time per job is ``(last landing - first landing) / (jobs - 1)``, its start-up is the time to the
+first landing less one steady job. ``ray_overhead_ms_per_job_vs_server`` is the median over rounds of
+Ray's steady time per job less the server side's in the same round (target: at most 30 ms);
+``ray_startup_s`` the median of Ray's start-up per batch (actor pool, the actor's pre-flight).
 
     python bench/batch.py                     # 7 rounds of 12 jobs, 64 px, 8 steps
     python bench/batch.py --steps 20          # the ratio at a usual step count (the overhead per job barely moves)
@@ -160,6 +171,46 @@ class ServerSide:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+class RaySide:
+    """The ``--ray`` placement on a local one-node Ray, its actor finding ``server``'s ComfyUI on its port."""
+
+    def __init__(self, server: ServerSide) -> None:
+        from sketch_rag.cli.batch_ray import ComfySpec, RayPlacement, connect, import_ray
+
+        self.ray, self.server = import_ray(), server
+        port = int(server.server.url.rsplit(":", 1)[1])
+        self.placement = RayPlacement(actors=1, num_gpus=0, num_cpus=1, comfy=ComfySpec(port=port))
+        start = time.perf_counter()
+        connect(self.ray, None)
+        self.init_s = time.perf_counter() - start
+
+    def batch(self, batch_jobs: Sequence[Job], out: Path) -> tuple[float, list[dict[str, Any]]]:
+        from sketch_rag.cli.batch import BatchResult, BatchSettings
+        from sketch_rag.cli.batch_ray import run_on_ray
+        from sketch_rag.cli.workflows import load_api_workflow, load_ui_workflow
+
+        settings = BatchSettings(workflow=load_api_workflow(), out_dir=out, ui_workflow=load_ui_workflow(),
+                                 common=dict(self.server.common), progress=False)
+        result = BatchResult()
+        start = time.perf_counter()
+        run_on_ray(self.ray, settings, batch_jobs, self.placement, result)
+        seconds = time.perf_counter() - start
+        if not result.ok or len(result.done) != len(batch_jobs):
+            errors = [f"{m['job_id']}: {m['error']}" for m in result.failed] + result.unfinished
+            raise RuntimeError(f"Ray batch did not render every job ({len(result.done)}/{len(batch_jobs)}): {errors}")
+        return seconds, result.done
+
+    def stop(self) -> None:
+        self.ray.shutdown()
+
+
+def landings(out: Path, started_wall: float) -> tuple[float, float]:
+    """(start-up s, steady s per job) of a batch from its manifests' mtimes; ``started_wall`` is time.time()."""
+    stamps = sorted(p.stat().st_mtime for p in (out / "manifests").glob("*.json"))
+    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return stamps[0] - started_wall - steady, steady
 
 
 # -- in-process side --------------------------------------------------------------------------------------
@@ -294,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--comfyui-dir", type=Path, default=DEFAULT_COMFYUI,
                         help="a ComfyUI 0.3.75 folder (default: %(default)s, made by ./dev.sh)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work folder (renders, logs) here")
+    parser.add_argument("--no-ray", action="store_true", help="leave out the Ray row")
     args = parser.parse_args(argv)
+    if args.jobs < 2 and not args.no_ray:
+        parser.error("the Ray row needs --jobs 2 or more (a steady time per job); or give --no-ray.")
     if args.jobs < 1 or args.rounds < 1 or args.threads < 1 or args.steps < 1 or args.height < 64 or args.height % 8:
         parser.error("--jobs, --rounds and --steps must be at least 1, --height a multiple of 8 of at least 64.")
     if not (args.comfyui_dir / "main.py").is_file():
@@ -310,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pauses: list[list[float]] = []  # per server round: ComfyUI's gc pauses between its prompts, ms
     gap_ms: list[float] = []  # every other gap between two prompts, ms
     ends_ms: list[float] = []  # per server round: the batch's time before its first and after its last job, ms
+    ray_times: list[float] = []
+    steady: dict[str, list[float]] = {"server": [], "ray": []}  # per round: s per job between first and last landing
+    startup: dict[str, list[float]] = {"server": [], "ray": []}  # per round: s before the first landing, less one job
     with tempfile.TemporaryDirectory(prefix="sketch_rag_bench_batch_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -319,7 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)  # the server's torch gets the same count (OMP_NUM_THREADS)
         server = ServerSide(args.comfyui_dir, work / "base", work, common, args.threads)
         renderer = InProcessRenderer(models_dir, work)
+        ray_side: RaySide | None = None
         try:
+            if not args.no_ray:
+                ray_side = RaySide(server)
             server_warm, _ = server.batch([warmup], work / "server_warmup")
             start = time.perf_counter()
             run_inprocess(renderer, [warmup], common, work / "inprocess_warmup")
@@ -328,7 +388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jobs = make_jobs(n, sketches, first_seed=1000 + round_no * n)
 
                 def server_round(jobs: Sequence[Job] = jobs, round_no: int = round_no) -> None:
+                    started_wall = time.time()
                     seconds, done = server.batch(jobs, work / f"server_out_{round_no}")
+                    first, per_job = landings(work / f"server_out_{round_no}", started_wall)
+                    startup["server"].append(first)
+                    steady["server"].append(per_job)
                     server_times.append(seconds)
                     manifests.extend(done)
                     # The server's execution stamps: what of the wall time it spent rendering, not waiting for us.
@@ -346,12 +410,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 def inprocess_round(jobs: Sequence[Job] = jobs, round_no: int = round_no) -> None:
                     inproc_times.append(run_inprocess(renderer, jobs, common, work / f"inprocess_out_{round_no}"))
 
-                # Which side goes first alternates: a side that always ran second would always meet the
+                def ray_round(jobs: Sequence[Job] = jobs, round_no: int = round_no) -> None:
+                    if ray_side is None:
+                        return
+                    # Seeds of their own: the same graph would be collected from the server's history, not rendered.
+                    ray_jobs = make_jobs(n, sketches, first_seed=500_000 + round_no * n)
+                    started_wall = time.time()
+                    seconds, _ = ray_side.batch(ray_jobs, work / f"ray_out_{round_no}")
+                    ray_times.append(seconds)
+                    first, per_job = landings(work / f"ray_out_{round_no}", started_wall)
+                    startup["ray"].append(first)
+                    steady["ray"].append(per_job)
+
+                # Which side goes first rotates: a side that always ran second would always meet the
                 # other's leftovers (a warm page cache, a gc debt, a load spike that is just ending).
-                for side in (server_round, inprocess_round) if round_no % 2 == 0 else (inprocess_round, server_round):
+                sides = [server_round, inprocess_round, ray_round]
+                for side in sides[round_no % 3:] + sides[:round_no % 3]:
                     side()
         finally:
             renderer.close()
+            if ray_side is not None:
+                ray_side.stop()
             server.stop()
 
     per_round_ms = [round(1000.0 * (s - i) / n, 1) for s, i in zip(server_times, inproc_times, strict=True)]
@@ -379,6 +458,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "comfyui_gc_pauses_ms_rounds": pauses,
         "server_batch_ends_ms_rounds": ends_ms,
     }
+    ray_row: dict[str, Any] = {}
+    if ray_side is not None:
+        vs_server = [round(1000.0 * (r - s), 1) for r, s in zip(steady["ray"], steady["server"], strict=True)]
+        ray_row = {
+            "ray_jobs_per_min": round(60.0 * n * args.rounds / sum(ray_times), 2),
+            "ray_init_s": round(ray_side.init_s, 2),
+            "ray_startup_s": round(statistics.median(startup["ray"]), 2),
+            "server_startup_s": round(statistics.median(startup["server"]), 2),
+            "ray_steady_ms_per_job": round(1000.0 * statistics.median(steady["ray"]), 1),
+            "server_steady_ms_per_job": round(1000.0 * statistics.median(steady["server"]), 1),
+            "ray_overhead_ms_per_job_vs_server": round(statistics.median(vs_server), 1),
+            "ray_overhead_ms_per_job_vs_server_rounds": vs_server,
+        }
+        details["ray_wall_s"] = [round(t, 2) for t in ray_times]
+        details["ray_startup_s_rounds"] = [round(t, 2) for t in startup["ray"]]
     print("details: " + json.dumps(details), file=sys.stderr)
     total = n * args.rounds
     print(json.dumps({"jobs": n, "rounds": args.rounds, "server_jobs_per_min": round(60.0 * total / server_s, 2),
@@ -393,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       # One pause per GC_INTERVAL_S of rendering, spread over the jobs rendered meanwhile.
                       "comfyui_gc_ms_per_job": round(gc_pause_ms * (server_s / total) / GC_INTERVAL_S, 1),
                       "server_idle_ms_per_job": round(statistics.median(idle_ms), 1),
-                      "server_idle_ms_per_job_rounds": idle_ms}))
+                      "server_idle_ms_per_job_rounds": idle_ms, **ray_row}))
     return 0
 
 

@@ -1,5 +1,10 @@
 """Batch renders through ComfyUI's HTTP API: many sketch × prompt jobs over one or more servers.
 
+What every placement shares is here: which jobs are left to do (``plan_batch``), each job's graph checked
+against a server's node types and its deterministic prompt id (``check_jobs``), the progress bar and the
+record of ended jobs (``Progress``), and ``batch.json`` at the end (``end_batch``). Two placements use them:
+``run_batch`` below (``--server URL...``, servers the user runs) and ``batch_ray.run_ray_batch`` (``--ray``).
+
 ``run_batch`` checks everything first (``preflight``: every job's graph against every server, all problems
 at once, nothing queued), then hands the jobs to worker threads (``batch_worker``: ``slots`` per server,
 two keep a server's queue from running dry between jobs) through a job board (``batch_board``).
@@ -19,7 +24,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +38,9 @@ from .workflows import nodes_titled, targets, validate_graph
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JOB_TIMEOUT_S", "UPLOAD_SUBFOLDER", "BatchResult", "BatchSettings", "ServerDown", "is_done",
-           "manifest_path", "preflight", "read_manifests", "run_batch", "write_report"]
+__all__ = ["JOB_TIMEOUT_S", "UPLOAD_SUBFOLDER", "BatchResult", "BatchSettings", "Progress", "ServerDown",
+           "check_jobs", "end_batch", "is_done", "manifest_path", "plan_batch", "preflight", "read_manifests",
+           "run_batch", "workflow_types", "write_report"]
 
 
 @dataclass
@@ -48,6 +54,8 @@ class BatchResult:
     """Rows of the job file left out by ``--skip-bad`` (listed in ``batch.json`` too)."""
     resumed: list[str] = field(default_factory=list)
     """Jobs an earlier, killed run had queued, collected from the server instead of queued again."""
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    """Ray placement: per node ``{"node", "jobs", "jobs_per_min", "lost"}``."""
 
     @property
     def ok(self) -> bool:
@@ -68,8 +76,7 @@ def preflight(settings: BatchSettings, jobs: Sequence[Job], clients: Sequence[Co
     live: list[tuple[ComfyClient, dict[str, Any]]] = []
     unreachable = []
     # Only the node types the workflow uses: the full /object_info costs the server ~60 ms per batch.
-    class_types = {str(node.get("class_type")) for node in settings.workflow.values()}
-    class_types.update(str(node.get("type")) for node in (settings.ui_workflow or {}).get("nodes", []))
+    class_types = workflow_types(settings)
     for client in clients:
         try:
             live.append((client, client.node_info(class_types)))
@@ -80,12 +87,30 @@ def preflight(settings: BatchSettings, jobs: Sequence[Job], clients: Sequence[Co
                          + "\n  ".join(unreachable))
     for line in unreachable:
         logger.warning("Sketch RAG batch: skipping a server that does not answer: %s", line)
+    prompt_ids, problems = check_jobs(settings, jobs, {client.url: info for client, info in live})
+    if problems:
+        raise PreflightError(f"{len(problems)} problem(s) found before queueing; nothing was queued:\n  "
+                             + "\n  ".join(problems))
+    return [c for c, _ in live], live[0][1], prompt_ids
+
+
+def workflow_types(settings: BatchSettings) -> set[str]:
+    """The node types the workflow uses (what a pre-flight asks a server about)."""
+    class_types = {str(node.get("class_type")) for node in settings.workflow.values()}
+    class_types.update(str(node.get("type")) for node in (settings.ui_workflow or {}).get("nodes", []))
+    return class_types
+
+
+def check_jobs(settings: BatchSettings, jobs: Sequence[Job], infos: Mapping[str, Mapping[str, Any]]
+               ) -> tuple[dict[str, str], list[str]]:
+    """Each job's prompt id (a hash of the graph it queues), and every problem of every job's graph against
+    each server's ``/object_info`` (``infos``: server name -> its node types), each problem once."""
     problems: list[str] = []
     if not nodes_titled(settings.workflow, "SaveImage"):
         problems.append("the workflow has no SaveImage node, so a job would produce no file; add one.")
     prompt_ids: dict[str, str] = {}
     workflow_errors: set[str] = set()
-    seen: dict[str, set[str]] = {client.url: set() for client, _ in live}
+    seen: dict[str, set[str]] = {name: set() for name in infos}
     for job in jobs:
         try:
             graph = job_graph(settings, job)
@@ -96,15 +121,63 @@ def preflight(settings: BatchSettings, jobs: Sequence[Job], clients: Sequence[Co
         digest = hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()
         prompt_ids[job.job_id] = str(uuid.UUID(digest[:32]))
         skip = targets(graph, "sketch")
-        for client, info in live:
-            seen[client.url].update(validate_graph(graph, info, skip_values=skip))
+        for name, info in infos.items():
+            seen[name].update(validate_graph(graph, info, skip_values=skip))
     problems.extend(sorted(workflow_errors))
-    for url, found in seen.items():
-        problems.extend(f"{url}: {p}" for p in sorted(found))
-    if problems:
-        raise PreflightError(f"{len(problems)} problem(s) found before queueing; nothing was queued:\n  "
-                             + "\n  ".join(problems))
-    return [c for c, _ in live], live[0][1], prompt_ids
+    for name, found in seen.items():
+        problems.extend(f"{name}: {p}" for p in sorted(found))
+    return prompt_ids, problems
+
+
+def plan_batch(settings: BatchSettings, jobs: Sequence[Job], bad_rows: Sequence[BadRow]
+               ) -> tuple[BatchResult, list[Job], list[dict[str, Any]]]:
+    """The result so far (jobs done by an earlier run skipped), the jobs left to do (each once), and the
+    ``batch.json`` rows of the bad rows left out."""
+    result = BatchResult(bad_rows=list(bad_rows))
+    extra_rows: list[dict[str, Any]] = [
+        {"status": "skipped_bad_row", "line": row.line, "sketch": row.sketch, "error": row.reason}
+        for row in bad_rows]
+    todo: list[Job] = []
+    for job in {job.job_id: job for job in jobs}.values():
+        if is_done(settings.out_dir, job.job_id):
+            result.skipped.append(job.job_id)
+        else:
+            todo.append(job)
+    return result, todo, extra_rows
+
+
+class Progress:
+    """The tqdm bar over jobs done/failed, and the one place an ended job is added to the result."""
+
+    def __init__(self, settings: BatchSettings, result: BatchResult, total: int) -> None:
+        from tqdm import tqdm
+
+        self.result = result
+        self._lock = threading.Lock()
+        self._bar = tqdm(total=total, unit="job", desc="sketch-rag batch", disable=not settings.progress)
+
+    def record(self, manifest: dict[str, Any]) -> None:
+        with self._lock:
+            (self.result.failed if manifest.get("error") else self.result.done).append(manifest)
+            if manifest.get("resumed_from_server"):
+                self.result.resumed.append(manifest["job_id"])
+            self._bar.update(1)
+            self._bar.set_postfix(done=len(self.result.done), failed=len(self.result.failed), refresh=False)
+
+    def status(self, text: str) -> None:
+        with self._lock:
+            self._bar.set_postfix_str(text, refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def end_batch(settings: BatchSettings, result: BatchResult, extra_rows: list[dict[str, Any]]) -> BatchResult:
+    """``batch.json`` and the contact sheet, with the unfinished jobs listed; returns ``result``."""
+    extra_rows.extend({"status": "unfinished", "job_id": job_id, "error": "no server was left to render it; "
+                       "re-run the batch when one is up"} for job_id in result.unfinished)
+    write_report(settings.out_dir, extra_rows)
+    return result
 
 
 def find_earlier_jobs(clients: Sequence[ComfyClient], prompt_ids: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -142,23 +215,9 @@ def run_batch(settings: BatchSettings, jobs: Sequence[Job], servers: Sequence[st
     Raises:
         PreflightError: before anything is queued (see ``preflight``).
     """
-    from tqdm import tqdm
-
-    out_dir = settings.out_dir
-    result = BatchResult(bad_rows=list(bad_rows))
-    extra_rows: list[dict[str, Any]] = [
-        {"status": "skipped_bad_row", "line": row.line, "sketch": row.sketch, "error": row.reason}
-        for row in bad_rows]
-    unique = list({job.job_id: job for job in jobs}.values())
-    todo: list[Job] = []
-    for job in unique:
-        if is_done(out_dir, job.job_id):
-            result.skipped.append(job.job_id)
-        else:
-            todo.append(job)
+    result, todo, extra_rows = plan_batch(settings, jobs, bad_rows)
     if not todo:
-        write_report(out_dir, extra_rows)
-        return result
+        return end_batch(settings, result, extra_rows)
     clients, object_info, prompt_ids = preflight(
         settings, todo, [ComfyClient(url, timeout=settings.request_timeout) for url in servers])
     earlier = find_earlier_jobs(clients, prompt_ids)
@@ -167,24 +226,11 @@ def run_batch(settings: BatchSettings, jobs: Sequence[Job], servers: Sequence[st
                     "them instead of rendering again.", len(earlier))
     urls = [client.url for client in clients]
     board = JobBoard(todo, urls, {job_id: url for job_id, (url, _) in earlier.items()})
-    lock = threading.Lock()
-    bar = tqdm(total=len(todo), unit="job", desc="sketch-rag batch", disable=not settings.progress)
-
-    def record(manifest: dict[str, Any]) -> None:
-        with lock:
-            (result.failed if manifest.get("error") else result.done).append(manifest)
-            if manifest.get("resumed_from_server"):
-                result.resumed.append(manifest["job_id"])
-            bar.update(1)
-
-    def status(text: str) -> None:
-        with lock:
-            bar.set_postfix_str(text, refresh=True)
-
+    progress = Progress(settings, result, len(todo))
     workers: list[Worker] = []
     for url in urls:
         found = {job_id: state for job_id, (where, state) in earlier.items() if where == url}
-        workers.extend(Worker(url, settings, object_info, board, prompt_ids, found, record, status)
+        workers.extend(Worker(url, settings, object_info, board, prompt_ids, found, progress.record, progress.status)
                        for _slot in range(max(1, settings.slots)))
     threads = [threading.Thread(target=w.run, name=f"sketch-rag-batch-{n}", daemon=True)
                for n, w in enumerate(workers)]
@@ -192,10 +238,7 @@ def run_batch(settings: BatchSettings, jobs: Sequence[Job], servers: Sequence[st
         thread.start()
     for thread in threads:
         thread.join()
-    bar.close()
+    progress.close()
     result.dead_servers = board.down()
     result.unfinished = board.unfinished()
-    extra_rows.extend({"status": "unfinished", "job_id": job_id, "error": "no server was left to render it; "
-                       "re-run the batch when one is up"} for job_id in result.unfinished)
-    write_report(out_dir, extra_rows)
-    return result
+    return end_batch(settings, result, extra_rows)

@@ -1,4 +1,4 @@
-"""``sketch-rag batch``: render a CSV/JSONL file of sketch × prompt jobs on one or more ComfyUI servers."""
+"""``sketch-rag batch``: render a CSV/JSONL file of sketch × prompt jobs on ComfyUI servers or on a Ray cluster."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidParameterError
+from .batch_ray import RAY_INSTALL
 from .batch_worker import JOB_TIMEOUT_S, REQUEST_TIMEOUT_S
 
 
@@ -23,8 +24,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "found before queueing).")
     batch.add_argument("jobs", type=Path, help="the job file (.csv with a header row, or .jsonl)")
     batch.add_argument("--out", type=Path, required=True, help="output folder (renders/, manifests/, report)")
-    batch.add_argument("--server", action="append", dest="servers", metavar="URL",
+    place = batch.add_mutually_exclusive_group()
+    place.add_argument("--server", action="append", dest="servers", metavar="URL",
                        help="a ComfyUI server; repeat to spread jobs (default: http://127.0.0.1:8188)")
+    place.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run the jobs on Ray instead: no ADDRESS starts a local Ray; auto, host:port or "
+                       "ray://host:port joins a cluster. Needs the ray extra: " + RAY_INSTALL)
+    ray = batch.add_argument_group("--ray placement")
+    ray.add_argument("--ray-actors", type=int, help="actors (ComfyUIs) in the pool (default: one per GPU)")
+    ray.add_argument("--ray-gpus-per-actor", type=float, default=1.0, help="(default: %(default)s)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="(default: %(default)s)")
+    ray.add_argument("--comfyui-dir", type=Path,
+                     help="the ComfyUI folder (pack in custom_nodes/) on every node, for actors that find no "
+                     "ComfyUI answering on their port and start one")
+    ray.add_argument("--comfyui-port", type=int, default=8188,
+                     help="an actor's ComfyUI port on 127.0.0.1 is this + its GPU index (default: %(default)s)")
+    ray.add_argument("--comfyui-base", type=Path, help="--base-directory for the ComfyUIs the actors start")
+    ray.add_argument("--cpu", action="store_true", help="the ComfyUIs the actors start run on the CPU")
     batch.add_argument("--workflow", default="sketch_to_render",
                        help="a bundled API workflow name or an API-format JSON file (default: %(default)s)")
     batch.add_argument("--tiny-models", action="store_true",
@@ -56,6 +72,10 @@ def _batch(args: argparse.Namespace) -> int:
     from .batch_jobs import read_jobs
     from .workflows import load_api_workflow, load_ui_workflow, tiny_models, ui_path
 
+    if args.ray is not None:
+        from .batch_ray import import_ray
+
+        import_ray()  # at once: a missing extra is found before the job file is read
     job_file = read_jobs(args.jobs, skip_bad=args.skip_bad)
     for row in job_file.bad_rows:
         print(f"skipped: {row}", file=sys.stderr)
@@ -81,11 +101,24 @@ def _batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(workflow=workflow, out_dir=args.out, ui_workflow=ui, common=common, embedder=embedder,
                              slots=args.slots, progress=not args.no_progress, job_timeout=args.job_timeout,
                              request_timeout=args.request_timeout)
-    result = run_batch(settings, job_file.jobs, args.servers or ["http://127.0.0.1:8188"], job_file.bad_rows)
+    if args.ray is not None:
+        from .batch_ray import ComfySpec, RayPlacement, format_node_table, run_ray_batch
+
+        comfy = ComfySpec(comfyui_dir=args.comfyui_dir, port=args.comfyui_port, base_dir=args.comfyui_base,
+                          cpu=args.cpu)
+        placement = RayPlacement(address=args.ray or None, actors=args.ray_actors, num_gpus=args.ray_gpus_per_actor,
+                                 num_cpus=args.ray_cpus_per_actor, comfy=comfy)
+        result = run_ray_batch(settings, job_file.jobs, placement, job_file.bad_rows)
+        if result.nodes:
+            print(format_node_table(result.nodes), file=sys.stderr)
+    else:
+        result = run_batch(settings, job_file.jobs, args.servers or ["http://127.0.0.1:8188"], job_file.bad_rows)
     print(json.dumps({"done": len(result.done), "skipped": len(result.skipped), "failed": len(result.failed),
                       "unfinished": len(result.unfinished), "bad_rows": len(result.bad_rows),
                       "duplicate_rows": len(job_file.duplicate_lines), "resumed": len(result.resumed),
-                      "dead_servers": result.dead_servers, "report": str(args.out / "contact_sheet.png")}))
+                      "dead_servers": result.dead_servers,
+                      "lost_nodes": [row["node"] for row in result.nodes if row["lost"]],
+                      "report": str(args.out / "contact_sheet.png")}))
     for manifest in result.failed:
         print(f"failed: {manifest['job_id']}: {manifest['error']}")
     for job_id in result.unfinished:

@@ -1,9 +1,11 @@
-"""One batch worker: renders jobs one at a time on one ComfyUI server and ends each as done or failed.
+"""Rendering one job on one ComfyUI server, and the batch worker that does it job after job.
 
-Per job: upload the sketch (``/upload/image``), queue the bound API workflow (``/prompt``) under a prompt
-id derived from the bound graph, follow ``/ws`` (and ``/history``) to the end, collect the render, the
-style reference and the retrieved names and scores (``/history`` + ``/view``), score it, write the PNG
-and the manifest.
+Per job (``JobRunner.fetch``, the same for every placement): upload the sketch (``/upload/image``), queue
+the bound API workflow (``/prompt``) under a prompt id derived from the bound graph, follow ``/ws`` (and
+``/history``) to the end, download the render and the style reference and read the retrieved names and
+scores (``/history`` + ``/view``). Then, wherever the output folder is (``finish_job``): score it, write
+the PNG and the manifest. The ``--server`` placement does both in its worker threads (``Worker``); the Ray
+placement fetches on the cluster and finishes on the driver.
 
 What ends a job how:
 - anything that goes wrong inside the job (a 4xx from an endpoint, a node error at execution, a render
@@ -89,75 +91,50 @@ def job_graph(settings: BatchSettings, job: Job) -> Graph:
                                     "filename_prefix": f"{UPLOAD_SUBFOLDER}/{job.job_id}"})
 
 
-class Worker:
+@dataclass
+class Fetched:
+    """What a finished job sends back: the graph it ran (as queued), its UI form, and the image bytes."""
+
+    graph: Graph
+    ui: dict[str, Any] | None
+    render: bytes
+    render_name: str
+    reference: bytes | None = None
+    reference_name: str | None = None
+
+
+def new_manifest(job: Job, server: str, prompt_id: str | None) -> dict[str, Any]:
+    """A job's manifest before it runs: what was asked, where it runs; the rest is filled as it ends."""
+    return {
+        "job_id": job.job_id, "sketch": str(job.sketch), **job.fields(), "server": server, "status": None,
+        "prompt_id": prompt_id, "styles": [], "style_scores": [], "output": None,
+        "reference_file": None, "error": None, "structure_fidelity": None, "style_similarity": None,
+        "timings": {},
+    }
+
+
+class JobRunner:
     """One job at a time on one server, over its own websocket (ComfyUI sends progress to its client id)."""
 
-    clip_lock = threading.Lock()
-    """The CLIP model is shared by the workers; its own lock keeps progress updates from waiting on it."""
-
-    def __init__(self, url: str, settings: BatchSettings, object_info: Mapping[str, Any], board: JobBoard,
-                 prompt_ids: Mapping[str, str], found: Mapping[str, str], record: Callable[[dict[str, Any]], None],
-                 status: Callable[[str], None]) -> None:
-        """``prompt_ids``: job id -> prompt id; ``found``: job id -> "queued"/"rendered" for jobs this server has."""
+    def __init__(self, url: str, settings: BatchSettings, object_info: Mapping[str, Any],
+                 prompt_ids: Mapping[str, str], found: Mapping[str, str], status: Callable[[str], None],
+                 given_up: Callable[[], bool] = lambda: False) -> None:
+        """``prompt_ids``: job id -> prompt id; ``found``: job id -> "queued"/"rendered" for jobs this server has;
+        ``given_up``: whether the caller has stopped counting on this server (a job in flight there then ends)."""
         self.client = ComfyClient(url, timeout=settings.request_timeout)
-        self.url, self.settings, self.object_info, self.board = url, settings, object_info, board
-        self.prompt_ids, self.found, self.record, self.status = prompt_ids, found, record, status
+        self.url, self.settings, self.object_info = url, settings, object_info
+        self.prompt_ids, self.found, self.status, self.given_up = prompt_ids, found, status, given_up
         self.ws: Any = None
 
-    def run(self) -> None:
-        try:
-            while (job := self.board.take(self.url)) is not None:
-                self._one(job)
-        finally:
-            self._close_ws()
+    def fetch(self, job: Job, manifest: dict[str, Any], sketch: bytes | None = None) -> Fetched:
+        """Run ``job`` on this server to its end and download what it made; timings go into ``manifest``.
 
-    def _one(self, job: Job) -> None:
-        try:
-            manifest = self.render(job)
-        except ServerDown as exc:
-            if self.board.server_down(self.url, job):
-                logger.warning("Sketch RAG batch: %s stopped answering (%s); its jobs go to the other servers.",
-                               self.url, exc)
-            return
-        try:
-            write_json(manifest_path(self.settings.out_dir, job.job_id), manifest)
-        except OSError as exc:
-            manifest["error"] = f"the manifest could not be written ({exc}); free space or fix --out, then re-run"
-            manifest["status"] = "failed"
-        if self.board.finish(job):
-            self.record(manifest)
-
-    def render(self, job: Job) -> dict[str, Any]:
-        """Run ``job`` to its end; returns its manifest (``error`` set when it failed).
+        ``sketch``: the sketch file's bytes, where the job's path is not on this machine (read from it otherwise).
 
         Raises:
-            ServerDown: this server stopped answering (the job did not end).
+            ComfyClientError: the job failed (``JobFailed``, ``PromptRejected``...) or the server did not answer
+                (``ServerUnreachable``).
         """
-        manifest: dict[str, Any] = {
-            "job_id": job.job_id, "sketch": str(job.sketch), **job.fields(), "server": self.url, "status": None,
-            "prompt_id": self.prompt_ids.get(job.job_id), "styles": [], "style_scores": [], "output": None,
-            "reference_file": None, "error": None, "structure_fidelity": None, "style_similarity": None,
-            "timings": {},
-        }
-        started = time.perf_counter()
-        try:
-            self._attempt(job, manifest)
-        except ServerUnreachable as exc:
-            if self.board.is_down(self.url) or not self.client.alive(min(5.0, self.settings.request_timeout)):
-                raise ServerDown(str(exc)) from exc
-            manifest["error"] = f"{exc} (the server itself still answers, so only this job failed)"
-        except ServerDown:
-            raise
-        except (JobFailed, PromptRejected, ComfyClientError) as exc:
-            manifest["error"] = str(exc)
-        except Exception as exc:  # whatever else goes wrong inside one job fails that job only
-            logger.warning("Sketch RAG batch: job %s failed unexpectedly", job.job_id, exc_info=True)
-            manifest["error"] = f"{type(exc).__name__}: {exc}"
-        manifest["status"] = "failed" if manifest["error"] else "done"
-        manifest["timings"]["total_s"] = round(time.perf_counter() - started, 4)
-        return manifest
-
-    def _attempt(self, job: Job, manifest: dict[str, Any]) -> None:
         timings = manifest["timings"]
         prompt_id = manifest["prompt_id"]
         graph = job_graph(self.settings, job)
@@ -169,16 +146,16 @@ class Worker:
             try:
                 entry = self._follow(prompt_id, job.job_id, use_ws=False)
                 timings["wait_s"] = round(time.perf_counter() - mark, 4)
-                self._collect(entry, graph, ui, job, manifest)
+                fetched = self._download(entry, graph, ui, manifest)
                 manifest["resumed_from_server"] = earlier
-                return
+                return fetched
             except (ServerUnreachable, ServerDown, JobFailed):
                 raise
             except ComfyClientError as exc:  # e.g. its render was deleted from the server since: render it again
                 logger.info("Sketch RAG batch: job %s from an earlier run cannot be collected (%s); rendering it "
                             "again.", job.job_id, exc)
         self._connect()
-        data = job.sketch.read_bytes()
+        data = job.sketch.read_bytes() if sketch is None else sketch
         uploaded = self.client.upload_image(data, Path(upload_name(job)).name, subfolder=UPLOAD_SUBFOLDER)
         if uploaded != upload_name(job):  # the server renamed it: bind the name it chose
             graph = bind(graph, {"sketch": uploaded})
@@ -189,7 +166,7 @@ class Worker:
         mark = time.perf_counter()
         entry = self._follow(prompt_id, job.job_id, use_ws=True, timings=timings)
         timings["wait_s"] = round(time.perf_counter() - mark, 4)
-        self._collect(entry, graph, ui, job, manifest)
+        return self._download(entry, graph, ui, manifest)
 
     # -- following a job ----------------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -256,7 +233,7 @@ class Worker:
                         # Sent after ComfyUI wrote the history entry (execution_success comes before it).
                         next_check = 0.0
             if time.monotonic() >= next_check:
-                if self.board.is_down(self.url):
+                if self.given_up():
                     raise ServerDown(f"{self.url} was marked down while job {job_id} ran there")
                 entry = finished_entry(prompt_id, self.client.history(prompt_id))  # JobFailed if it failed
                 if entry is not None:
@@ -274,20 +251,9 @@ class Worker:
                         "timeout or check the server.")
 
     # -- collecting its outputs ---------------------------------------------------------------------------
-    def _image(self, image: OutputImage, what: str, prompt_id: str) -> Image.Image:
-        data = self.client.view(image)
-        try:
-            decoded = Image.open(io.BytesIO(data))
-            decoded.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise JobFailed(prompt_id, "SaveImage",
-                            f"the {what} {image.filename} the server sent ({len(data)} bytes) is not an image "
-                            f"Pillow can read ({exc})") from exc
-        return decoded
-
-    def _collect(self, entry: dict[str, Any], graph: Graph, ui: dict[str, Any] | None, job: Job,
-                 manifest: dict[str, Any]) -> None:
-        out_dir, outputs, timings = self.settings.out_dir, entry.get("outputs", {}), manifest["timings"]
+    def _download(self, entry: dict[str, Any], graph: Graph, ui: dict[str, Any] | None,
+                  manifest: dict[str, Any]) -> Fetched:
+        outputs, timings = entry.get("outputs", {}), manifest["timings"]
 
         def images(node_ids: list[str]) -> list[OutputImage]:
             found = []
@@ -300,29 +266,137 @@ class Worker:
         renders = images(nodes_titled(graph, "SaveImage"))
         if not renders:
             raise JobFailed(manifest["prompt_id"], "SaveImage", "the job finished without an image")
-        render = self._image(renders[0], "render", manifest["prompt_id"])
         references = images(nodes_titled(graph, "PreviewImage", "style reference"))
-        reference = self._image(references[0], "style reference", manifest["prompt_id"]) if references else None
+        fetched = Fetched(graph, ui, self.client.view(renders[0]), renders[0].filename)
+        if references:
+            fetched.reference, fetched.reference_name = self.client.view(references[0]), references[0].filename
         timings["download_s"] = round(time.perf_counter() - mark, 4)
-        mark = time.perf_counter()
-        output = Path("renders") / f"{job.job_id}.png"
-        write_png(out_dir / output, render, graph, ui)
-        if reference is not None:
-            reference_file = Path("references") / f"{job.job_id}.png"
-            (out_dir / reference_file).parent.mkdir(parents=True, exist_ok=True)
-            reference.save(out_dir / reference_file, compress_level=1)
-            manifest["reference_file"] = str(reference_file)
-        timings["write_s"] = round(time.perf_counter() - mark, 4)
-        mark = time.perf_counter()
-        from ..imaging import read_image
+        return fetched
 
-        pixels = np.asarray(render.convert("RGB"), dtype=np.float32) / 255.0
-        manifest["structure_fidelity"] = round(structure_fidelity(read_image(job.sketch), pixels), 4)
-        if self.settings.embedder is not None and reference is not None:
-            with self.clip_lock:
-                manifest["style_similarity"] = round(style_similarity(self.settings.embedder, render, reference), 4)
-        timings["score_s"] = round(time.perf_counter() - mark, 4)
-        manifest["output"] = str(output)  # last: a manifest names an output only once everything is on disk
+
+class Worker(JobRunner):
+    """A ``--server`` worker thread: takes jobs from the board for its server and ends each one there."""
+
+    def __init__(self, url: str, settings: BatchSettings, object_info: Mapping[str, Any], board: JobBoard,
+                 prompt_ids: Mapping[str, str], found: Mapping[str, str], record: Callable[[dict[str, Any]], None],
+                 status: Callable[[str], None]) -> None:
+        super().__init__(url, settings, object_info, prompt_ids, found, status, lambda: board.is_down(url))
+        self.board, self.record = board, record
+
+    def run(self) -> None:
+        try:
+            while (job := self.board.take(self.url)) is not None:
+                self._one(job)
+        finally:
+            self._close_ws()
+
+    def _one(self, job: Job) -> None:
+        try:
+            manifest = self.render(job)
+        except ServerDown as exc:
+            if self.board.server_down(self.url, job):
+                logger.warning("Sketch RAG batch: %s stopped answering (%s); its jobs go to the other servers.",
+                               self.url, exc)
+            return
+        write_manifest(self.settings, job, manifest)
+        if self.board.finish(job):
+            self.record(manifest)
+
+    def render(self, job: Job) -> dict[str, Any]:
+        """Run ``job`` to its end and write its outputs; returns its manifest (``error`` set when it failed).
+
+        Raises:
+            ServerDown: this server stopped answering (the job did not end).
+        """
+        manifest = new_manifest(job, self.url, self.prompt_ids.get(job.job_id))
+        started = time.perf_counter()
+        fetched = None
+        try:
+            fetched = self.fetch(job, manifest)
+        except ServerUnreachable as exc:
+            if self.board.is_down(self.url) or not self.client.alive(min(5.0, self.settings.request_timeout)):
+                raise ServerDown(str(exc)) from exc
+            manifest["error"] = f"{exc} (the server itself still answers, so only this job failed)"
+        except ServerDown:
+            raise
+        except (JobFailed, PromptRejected, ComfyClientError) as exc:
+            manifest["error"] = str(exc)
+        except Exception as exc:  # whatever else goes wrong inside one job fails that job only
+            logger.warning("Sketch RAG batch: job %s failed unexpectedly", job.job_id, exc_info=True)
+            manifest["error"] = f"{type(exc).__name__}: {exc}"
+        finish_job(self.settings, job, manifest, fetched)
+        manifest["timings"]["total_s"] = round(time.perf_counter() - started, 4)
+        return manifest
+
+
+clip_lock = threading.Lock()
+"""The CLIP model is shared by the threads that score; its own lock keeps progress updates from waiting on it."""
+
+
+def _decode(data: bytes, name: str, what: str, prompt_id: str) -> Image.Image:
+    try:
+        decoded = Image.open(io.BytesIO(data))
+        decoded.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise JobFailed(prompt_id, "SaveImage", f"the {what} {name} the server sent ({len(data)} bytes) is not an "
+                        f"image Pillow can read ({exc})") from exc
+    return decoded
+
+
+def finish_job(settings: BatchSettings, job: Job, manifest: dict[str, Any], fetched: Fetched | None
+               ) -> dict[str, Any]:
+    """Write what ``fetched`` holds into the output folder, score it and complete ``manifest``; returns it.
+
+    Whatever goes wrong here fails the job (its reason in the manifest). ``fetched`` is None for a job that
+    already failed on its server.
+    """
+    if fetched is not None and not manifest["error"]:
+        try:
+            _write_outputs(settings, job, manifest, fetched)
+        except Exception as exc:  # a render that does not decode, a full disk: this job fails, the batch goes on
+            logger.warning("Sketch RAG batch: job %s failed while its outputs were written", job.job_id,
+                           exc_info=not isinstance(exc, (JobFailed, OSError)))
+            manifest["error"] = str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}"
+            manifest["output"] = None
+    manifest["status"] = "failed" if manifest["error"] else "done"
+    return manifest
+
+
+def _write_outputs(settings: BatchSettings, job: Job, manifest: dict[str, Any], fetched: Fetched) -> None:
+    out_dir, timings = settings.out_dir, manifest["timings"]
+    render = _decode(fetched.render, fetched.render_name, "render", manifest["prompt_id"])
+    reference = None
+    if fetched.reference is not None:
+        reference = _decode(fetched.reference, fetched.reference_name or "?", "style reference",
+                            manifest["prompt_id"])
+    mark = time.perf_counter()
+    output = Path("renders") / f"{job.job_id}.png"
+    write_png(out_dir / output, render, fetched.graph, fetched.ui)
+    if reference is not None:
+        reference_file = Path("references") / f"{job.job_id}.png"
+        (out_dir / reference_file).parent.mkdir(parents=True, exist_ok=True)
+        reference.save(out_dir / reference_file, compress_level=1)
+        manifest["reference_file"] = str(reference_file)
+    timings["write_s"] = round(time.perf_counter() - mark, 4)
+    mark = time.perf_counter()
+    from ..imaging import read_image
+
+    pixels = np.asarray(render.convert("RGB"), dtype=np.float32) / 255.0
+    manifest["structure_fidelity"] = round(structure_fidelity(read_image(job.sketch), pixels), 4)
+    if settings.embedder is not None and reference is not None:
+        with clip_lock:
+            manifest["style_similarity"] = round(style_similarity(settings.embedder, render, reference), 4)
+    timings["score_s"] = round(time.perf_counter() - mark, 4)
+    manifest["output"] = str(output)  # last: a manifest names an output only once everything is on disk
+
+
+def write_manifest(settings: BatchSettings, job: Job, manifest: dict[str, Any]) -> None:
+    """The job's manifest, atomically; a manifest that cannot be written fails the job (in the returned record)."""
+    try:
+        write_json(manifest_path(settings.out_dir, job.job_id), manifest)
+    except OSError as exc:
+        manifest["error"] = f"the manifest could not be written ({exc}); free space or fix --out, then re-run"
+        manifest["status"] = "failed"
 
 
 def _server_times(entry: dict[str, Any]) -> dict[str, float]:

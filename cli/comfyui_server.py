@@ -102,8 +102,12 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_S,
+    die_with_parent: bool = False,
 ) -> ComfyServer:
     """Start ``comfy_dir/main.py`` with this Python and wait until it answers HTTP.
+
+    ``die_with_parent``: the server gets SIGTERM when the thread that started it ends, however it ends (on
+    Linux; a Ray actor killed with SIGKILL must not leave its ComfyUI running).
 
     Raises:
         ComfyServerError: the port is taken, or the server exited or did not answer in time.
@@ -118,7 +122,8 @@ def start_server(
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed by ComfyServer.stop
     process_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        command, cwd=comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, env=process_env
+        command, cwd=comfy_dir, stdout=log_file, stderr=subprocess.STDOUT, env=process_env,
+        preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
     )
     server = ComfyServer(process, f"http://{host}:{port}", log_path, log_file)
     deadline = time.monotonic() + timeout
@@ -134,6 +139,13 @@ def start_server(
         # A failed start, Ctrl-C or a SIGTERM turned into SystemExit while waiting: never leave ComfyUI orphaned.
         server.stop()
         raise
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGTERM when the parent goes (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _answers(url: str) -> bool:
