@@ -17,6 +17,7 @@ from typing import Any
 import websocket
 
 from sketch_rag.cli.comfyui_client import ComfyClient, ComfyClientError
+from sketch_rag.cli.comfyui_server import ComfyServer
 from tests.helpers.graphs import Graph, Node
 
 END_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
@@ -102,3 +103,16 @@ class RecordingClient(ComfyClient):
                 ran.append(str(data["node"]))
             elif kind in END_EVENTS or (kind == "executing" and data.get("node") is None):
                 return ran, cached
+
+
+def log_mark(server: ComfyServer) -> int:
+    """Where ``server``'s log ends now: ``wait_for_log`` looks only past it."""
+    return len(server.log_text())
+
+
+def wait_for_log(server: ComfyServer, text: str, since: int, timeout: float = 30.0) -> None:
+    """Wait until ``text`` appears in ``server``'s log past ``since`` (what ``/free`` does happens once idle)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log_text()[since:]:
+        assert time.monotonic() < deadline, f"{text!r} did not appear in the server's log within {timeout:.0f} s"
+        time.sleep(0.2)

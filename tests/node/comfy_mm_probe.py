@@ -1,6 +1,6 @@
 """Run inside a ComfyUI checkout (``cwd``): our models through ComfyUI's real model management, one JSON line out.
 
-Called by ``test_comfy_model_management.py`` in a fresh interpreter, because importing ComfyUI's modules sets
+Called by ``test_model_management.py`` in a fresh interpreter, because importing ComfyUI's modules sets
 process-wide state (its argument parser, torch flags, logging) that must not leak into the test session.
 
     python comfy_mm_probe.py '{"a": {spec A fields}, "b": {spec B fields}, "clip_dir": "..."}'

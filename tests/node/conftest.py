@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.images import as_loaded_by_comfyui, image_batch
 from tests.helpers.paths import COMFYUI_DIR, COMFYUI_INSTALLED, NO_COMFYUI
 from tests.helpers.tiers import mark_tier
 
@@ -81,12 +82,6 @@ def comfy_base(comfy_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         importlib.reload(folder_paths)
 
 
-def image_batch(*images: np.ndarray) -> torch.Tensor:
-    """What ComfyUI hands a node for an IMAGE: float32 ``(B, H, W, C)`` in [0, 1] (uint8 arrays are scaled)."""
-    arrays = [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in images]
-    return torch.from_numpy(np.stack(arrays))
-
-
 @pytest.fixture(scope="session")
 def to_image_batch() -> Callable[..., torch.Tensor]:
     return image_batch
@@ -95,10 +90,7 @@ def to_image_batch() -> Callable[..., torch.Tensor]:
 @pytest.fixture(scope="session")
 def house_sketch(example_sketches: list[Path]) -> np.ndarray:
     """sketch_house.png as LoadImage gives it: RGB float32 in [0, 1], (H, W, 3)."""
-    from PIL import Image
-
-    path = next(p for p in example_sketches if p.stem == "sketch_house")
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return as_loaded_by_comfyui(next(p for p in example_sketches if p.stem == "sketch_house"))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from PIL import Image
 from sketch_rag.errors import InvalidImageError, InvalidParameterError
 from sketch_rag.nodes.preprocess import CannySketchPreprocessor as Node
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges
+from tests.helpers.images import as_loaded_by_comfyui
 
 Batch = Callable[..., torch.Tensor]
 
@@ -22,10 +23,6 @@ Batch = Callable[..., torch.Tensor]
 def edges_of(image: torch.Tensor, **settings: Any) -> torch.Tensor:
     [edges] = Node.execute(image, **settings).result
     return edges
-
-
-def loaded(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
 
 
 def stroke_page(height: int = 48, width: int = 64) -> np.ndarray:
@@ -65,7 +62,7 @@ def test_an_image_without_its_batch_axis_is_taken_as_a_batch_of_one(house_sketch
 def test_batches_resolution_and_options_pass_through_in_order(
     example_sketches: list[Path], to_image_batch: Batch
 ) -> None:
-    house, turtle = (loaded(p) for p in example_sketches if p.stem in ("sketch_house", "sketch_turtle"))
+    house, turtle = (as_loaded_by_comfyui(p) for p in example_sketches if p.stem in ("sketch_house", "sketch_turtle"))
     turtle = np.asarray(Image.fromarray((turtle * 255).astype(np.uint8)).resize(house.shape[1::-1]),
                         np.float32) / 255.0  # one batch holds one size
     settings: dict[str, Any] = {"resolution": 256, "auto_threshold": True, "blur": 1.0, "thicken": 1}
@@ -79,7 +76,7 @@ def test_batches_resolution_and_options_pass_through_in_order(
 
 def test_lines_mode_gives_the_engines_centre_lines_on_real_sketches(example_sketches: list[Path]) -> None:
     for path in (p for p in example_sketches if p.stem in ("sketch_house", "sketch_turtle", "sketch_hot_air_balloon")):
-        sketch = loaded(path)
+        sketch = as_loaded_by_comfyui(path)
         lines = (edges_of(torch.from_numpy(sketch)[None], mode="lines")[0].numpy() * 255).astype(np.uint8)
         expected = sketch_to_edges(sketch, CannySettings(mode="lines"))
         assert np.array_equal(lines, expected), path.name

@@ -32,21 +32,11 @@ from sketch_rag.retrieval.embedder import DEFAULT_HUB_MODEL
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import MAX_K
 from sketch_rag.tiny_models.clip import TINY_CLIP_NAME
+from tests.helpers.configs import access_config, write_config
+from tests.helpers.folders import outside_folder, paint, snapshot
 
 Batch = Callable[..., torch.Tensor]
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (20, 20, 220), "yellow": (230, 220, 30)}
-
-
-def paint(folder: Path, colours: dict[str, tuple[int, int, int]] = COLOURS) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, colour in colours.items():
-        Image.fromarray(np.full((24, 32, 3), colour, np.uint8)).save(folder / f"{name}.png")
-    return folder
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder`` with its size and mtime: a write anywhere in it changes this."""
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def load(library_folder: str, store: str = "", **inputs: Any) -> StyleLibrary:
@@ -62,7 +52,7 @@ def retrieve(library: Any, prompt: str = "a red poster", **inputs: Any) -> tuple
 @pytest.fixture(scope="module")
 def colours(comfy_base: Path) -> Path:
     """Four solid colours in ComfyUI's input folder, two tagged ``warm``."""
-    folder = paint(comfy_base / "input" / "node_colours")
+    folder = paint(comfy_base / "input" / "node_colours", COLOURS)
     for name in ("red", "yellow"):
         (folder / f"{name}.json").write_text(json.dumps({"name": f"{name.title()} sun", "tags": ["warm"]}))
     return folder
@@ -75,25 +65,14 @@ def library(colours: Path) -> StyleLibrary:
 
 @pytest.fixture
 def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder outside ComfyUI's folders, holding a library nobody allowed."""
-    folder = tmp_path_factory.mktemp("outside").resolve()
-    paint(folder / "styles", {"red": (220, 20, 20), "blue": (20, 20, 220)})
-    return folder
+    return outside_folder(tmp_path_factory)
 
 
 @pytest.fixture
 def config(comfy_base: Path) -> Iterator[Path]:
     """The access config file (``user/sketch_rag/config.json``); removed after the test."""
-    path = comfy_base / "user" / "sketch_rag" / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    yield path
-    path.unlink(missing_ok=True)
-
-
-def write_config(path: Path, **content: Any) -> None:
-    path.write_text(json.dumps(content), encoding="utf-8")
-    now = time.time_ns()
-    os.utime(path, ns=(now, now + 10**9))  # a rewrite within one mtime tick is still a change
+    with access_config(comfy_base / "user") as path:
+        yield path
 
 
 def refused(error: type[Exception], *fragments: str, **inputs: Any) -> str:
@@ -208,7 +187,7 @@ def test_a_store_outside_and_unlisted_store_servers_are_refused(outside: Path, c
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    write_config(config, allowed_store_urls=[closed])  # read at the next execution, no restart
+    write_config(config, {"allowed_store_urls": [closed]})  # read at the next execution, no restart
     start = time.monotonic()
     refused(LibraryError, "does not answer", closed, store=closed)
     assert time.monotonic() - start < 30
@@ -216,7 +195,7 @@ def test_a_store_outside_and_unlisted_store_servers_are_refused(outside: Path, c
 
 
 def test_a_damaged_config_file_is_an_error_that_names_the_file(config: Path) -> None:
-    write_config(config, allowed_folders="not a list")
+    write_config(config, {"allowed_folders": "not a list"})
     refused(SketchRagError, str(config))
 
 
@@ -361,7 +340,7 @@ def test_adding_refuses_what_is_not_a_library_or_an_image(library: StyleLibrary)
 def test_comfyuis_interrupt_stops_a_library_sync_and_the_next_run_completes_it(
     comfy_base: Path, interrupted: Any
 ) -> None:
-    folder = paint(comfy_base / "input" / "node_interrupted")
+    folder = paint(comfy_base / "input" / "node_interrupted", COLOURS)
     interrupted.interrupt_current_processing(True)  # what POST /interrupt sets
     with pytest.raises(interrupted.InterruptProcessingException):
         load(str(folder), store="node_interrupted")

@@ -15,7 +15,8 @@ import pytest
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
 from sketch_rag.cli.workflows import tiny_models
-from tests.helpers.paths import COMFYUI_HOME
+from tests.helpers.client import RecordingClient
+from tests.helpers.paths import COMFYUI_HOME, STYLE_LIBRARY
 from tests.helpers.tiers import mark_tier
 
 FAST: dict[str, Any] = {"steps": 2, "resolution": 64, "style_resolution": 64, "height": 64}
@@ -59,3 +60,11 @@ def extra_server_factory(tmp_path: Path, comfy_base_dir: Path) -> Iterator[Any]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def render_inputs(comfy: RecordingClient, example_sketches: list[Path]) -> tuple[str, str]:
+    """The house sketch and Monet's water lilies uploaded to the session's server: what ``render_graph`` takes."""
+    sketch = next(p for p in example_sketches if p.stem == "sketch_house")
+    style = STYLE_LIBRARY / "monet_water_lilies.jpg"
+    return comfy.upload_image(sketch.read_bytes(), sketch.name), comfy.upload_image(style.read_bytes(), style.name)

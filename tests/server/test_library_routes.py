@@ -12,14 +12,11 @@ import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_server import ComfyServer
 from sketch_rag.model_folders import STYLE_CLIP
 from sketch_rag.retrieval.embedder import ClipEmbedder
@@ -27,63 +24,17 @@ from sketch_rag.retrieval.folder import LibraryRoot
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY, open_library
 from sketch_rag.retrieval.query import StyleQuery
 from sketch_rag.tiny_models.clip import TINY_CLIP_NAME
+from tests.helpers.client import RecordingClient
+from tests.helpers.graphs import Schemas, retrieval_graph
+from tests.helpers.images import png
+from tests.helpers.library_tab import PREFIX, Tab, own_library
 
-PREFIX = "/sketch_rag/library"
-MODEL = {"model": TINY_CLIP_NAME}
-LOADER, RETRIEVER = "SketchRAGStyleLibraryLoader", "SketchRAGClipStyleRetriever"
 SHIPPED = json.loads((SHIPPED_LIBRARY / "library.json").read_text(encoding="utf-8"))
-
-
-def png(colour: tuple[int, int, int], size: tuple[int, int] = (32, 24)) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((size[1], size[0], 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class Tab:
-    """What the sidebar tab does over HTTP, against one server and one library."""
-
-    def __init__(self, url: str, **params: str) -> None:
-        self.url, self.params = url, {**MODEL, **params}
-
-    def get(self, route: str, **query: str) -> requests.Response:
-        return requests.get(f"{self.url}{PREFIX}/{route}", params={**self.params, **query}, timeout=120)
-
-    def fetch(self, relative_url: str) -> requests.Response:
-        return requests.get(f"{self.url}{relative_url}", timeout=120)
-
-    def styles(self) -> dict[str, Any]:
-        response = self.get("styles")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def search(self, **body: Any) -> requests.Response:
-        return requests.post(f"{self.url}{PREFIX}/search", params=self.params, json=body, timeout=120)
-
-    def add(self, files: list[tuple[str, bytes]], **form: str) -> requests.Response:
-        parts = [("file", (name, data, "application/octet-stream")) for name, data in files]
-        return requests.post(f"{self.url}{PREFIX}/styles", params=self.params, files=parts, data=form, timeout=120)
-
-    def edit(self, **body: Any) -> requests.Response:
-        return requests.patch(f"{self.url}{PREFIX}/styles", params=self.params, json=body, timeout=120)
-
-    def remove(self, item_id: str) -> requests.Response:
-        return requests.delete(f"{self.url}{PREFIX}/styles", params={**self.params, "id": item_id}, timeout=120)
 
 
 @pytest.fixture
 def tab(comfy_server: ComfyServer) -> Tab:
     return Tab(comfy_server.url)
-
-
-def own_library(base: Path, name: str, colours: dict[str, tuple[int, int, int]]) -> Path:
-    folder = base / "user" / "sketch_rag" / "libraries" / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for stem, colour in colours.items():
-        (folder / f"{stem}.png").write_bytes(png(colour))
-    return folder
 
 
 def test_the_routes_are_served_with_and_without_the_api_prefix(comfy_server: ComfyServer, tab: Tab) -> None:
@@ -162,7 +113,7 @@ def test_search_ranks_exactly_as_the_engine_does_for_the_same_query(
 
 
 def test_an_added_image_is_listed_retrievable_editable_and_removable_to_the_trash(
-    comfy_server: ComfyServer, comfy: ComfyClient, comfy_base_dir: Path
+    comfy_server: ComfyServer, comfy: RecordingClient, schemas: Schemas, comfy_base_dir: Path
 ) -> None:
     folder = own_library(comfy_base_dir, "tab", {"blue": (20, 20, 220)})
     tab = Tab(comfy_server.url, library="tab")
@@ -185,8 +136,9 @@ def test_an_added_image_is_listed_retrievable_editable_and_removable_to_the_tras
     assert json.loads((folder / "crimson_poster.json").read_text(encoding="utf-8"))["tags"] == ["scarlet", "poster"]
     listed = {s["id"]: s for s in tab.styles()["styles"]}
     assert listed["crimson_poster.png"]["tags"] == ["scarlet", "poster"]
-    entry = comfy.wait(comfy.queue_prompt(retrieve("tab", tag_filter="scarlet")), timeout=240)
-    assert entry["outputs"]["2"]["text"][0].startswith("Scarlet poster")
+    scarlet = retrieval_graph(schemas, "tab", prompt="a poster", tag_filter="scarlet")
+    assert comfy.run_recorded(scarlet.graph, timeout=240).outputs(scarlet.retriever)["text"][0].startswith(
+        "Scarlet poster")
 
     removed = tab.remove(style["id"])
     assert removed.status_code == 200, removed.text
@@ -199,40 +151,26 @@ def test_an_added_image_is_listed_retrievable_editable_and_removable_to_the_tras
     assert tab.get("thumbnail", id=style["id"]).status_code == 404
 
 
-def retrieve(library: str, tag_filter: str = "", prompt: str = "a poster") -> dict[str, Any]:
-    return {
-        "1": {"class_type": LOADER, "inputs": {"library_folder": library, "embedding_model": TINY_CLIP_NAME,
-                                               "store": "", "allow_download": False, "rebuild_index": False}},
-        "2": {"class_type": RETRIEVER, "inputs": {"library": ["1", 0], "prompt": prompt, "k": 1,
-                                                  "tag_filter": tag_filter, "image_weight": 0.5, "resolution": 64,
-                                                  "blend_temperature": 0.01}},
-        "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
-    }
-
-
-def cached_nodes(entry: dict[str, Any]) -> set[str]:
-    return {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
-
-
 def test_the_library_and_retriever_nodes_re_run_after_each_change_from_the_tab(
-    comfy_server: ComfyServer, comfy: ComfyClient, comfy_base_dir: Path
+    comfy_server: ComfyServer, comfy: RecordingClient, schemas: Schemas, comfy_base_dir: Path
 ) -> None:
     own_library(comfy_base_dir, "rerun", {"red": (220, 20, 20), "blue": (20, 20, 220)})
     tab = Tab(comfy_server.url, library="rerun")
-    graph = retrieve("rerun", tag_filter="")
-    comfy.wait(comfy.queue_prompt(graph), timeout=240)
-    unchanged = comfy.wait(comfy.queue_prompt(graph), timeout=240)
-    assert {"1", "2"} <= cached_nodes(unchanged), "an unchanged library must stay cached"
+    found = retrieval_graph(schemas, "rerun", prompt="a poster")
+    comfy.run_recorded(found.graph, timeout=240)
+    unchanged = comfy.run_recorded(found.graph, timeout=240)
+    assert unchanged.was_cached(found.library) and unchanged.was_cached(found.retriever), (
+        "an unchanged library must stay cached")
 
-    def after(change: requests.Response) -> dict[str, Any]:
+    def after(change: requests.Response) -> None:
         assert change.status_code == 200, change.text
-        entry = comfy.wait(comfy.queue_prompt(graph), timeout=240)
-        assert not {"1", "2"} & cached_nodes(entry), "the tab changed the folder, so both nodes must run again"
-        return entry
+        run = comfy.run_recorded(found.graph, timeout=240)
+        assert run.did_run(found.library) and run.did_run(found.retriever), (
+            "the tab changed the folder, so both nodes must run again")
 
     after(tab.edit(id="red.png", name="Vermilion", tags="first"))
-    tagged = comfy.wait(comfy.queue_prompt(retrieve("rerun", tag_filter="first")), timeout=240)
-    assert tagged["outputs"]["2"]["text"][0].startswith("Vermilion")
+    tagged = retrieval_graph(schemas, "rerun", prompt="a poster", tag_filter="first")
+    assert comfy.run_recorded(tagged.graph, timeout=240).outputs(tagged.retriever)["text"][0].startswith("Vermilion")
     after(tab.edit(id="red.png", tags="other"))  # same size sidecar: still a change
     after(tab.add([("green.png", png((20, 220, 20)))]))
     after(tab.remove("blue.png"))

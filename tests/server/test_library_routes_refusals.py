@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,15 +24,11 @@ from PIL import Image
 
 from sketch_rag.cli.comfyui_server import ComfyServer
 from sketch_rag.retrieval.library import SHIPPED_LIBRARY
-
-sys.path.insert(0, str(Path(__file__).parent))  # the sibling test module's helpers (tests/ is no package)
-from test_library_routes import PREFIX, Tab, own_library, png  # noqa: E402
+from tests.helpers.folders import outside_folder, snapshot
+from tests.helpers.images import png
+from tests.helpers.library_tab import PREFIX, Tab, own_library
 
 MB = 1024 * 1024
-
-
-def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def digest(folder: Path) -> str:
@@ -45,10 +41,7 @@ def digest(folder: Path) -> str:
 
 @pytest.fixture
 def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("outside").resolve()
-    (folder / "styles").mkdir()
-    (folder / "styles" / "secret.png").write_bytes(png((1, 2, 3)))
-    return folder
+    return outside_folder(tmp_path_factory, {"secret": (1, 2, 3)})
 
 
 @pytest.fixture
@@ -209,23 +202,57 @@ def test_a_200_mb_upload_is_refused_early_without_the_server_holding_it(
     assert not [p for p in temp.rglob("*") if p.is_file() and "sketch_rag_upload" in str(p)], "staged upload left"
 
 
-def test_json_routes_refuse_bad_bodies_and_parameters(tab: Tab) -> None:
-    url = f"{tab.url}{PREFIX}/search"
-    error_of(requests.post(url, params=tab.params, data=b"{not json", timeout=60), 400, "not JSON")
-    error_of(requests.post(url, params=tab.params, json=["a list"], timeout=60), 400, "JSON object")
-    error_of(requests.post(url, params=tab.params, data=b" " * (70 * 1024), timeout=60), 413, "at most")
-    for body, why in (({"query": ""}, "search query"), ({"query": 3}, "search query"),
-                      ({"query": "x" * 2001}, "2001 characters"), ({"query": "red", "k": 0}, "k is 0"),
-                      ({"query": "red", "k": 65}, "k is 65"), ({"query": "red", "k": "3"}, "k is '3'"),
-                      ({"query": "red", "k": True}, "k is True"), ({"query": "red", "tags": [1]}, "must all be text"),
-                      ({"query": "red", "text_weight": 2}, "text_weight is 2"),
-                      ({"query": "red", "tags": ["nobody-has-this"]}, "tags in the library")):
-        error_of(tab.search(**body), 400, why)
-    error_of(tab.edit(name="x"), 400, "The id is None")
-    error_of(tab.edit(id="red.png"), 400, "changes nothing")
-    error_of(tab.edit(id="red.png", name="two\nlines"), 400, "control characters")
-    error_of(tab.get("thumbnail"), 400, "id parameter is missing")
-    error_of(tab.get("styles", library="x" * 5000), 400, "shorter path")
+@pytest.fixture(scope="module")
+def asking_tab(comfy_server: ComfyServer, comfy_base_dir: Path) -> Tab:
+    """A tab on a library of its own that the refused requests below leave as it is (so it is made once)."""
+    own_library(comfy_base_dir, "refusals-asked", {"red": (220, 20, 20), "blue": (20, 20, 220)})
+    tab = Tab(comfy_server.url, library="refusals-asked")
+    assert tab.styles()["count"] == 2
+    return tab
+
+
+Ask = Callable[[Tab], requests.Response]
+
+
+def raw_search(**request: Any) -> Ask:
+    return lambda tab: requests.post(f"{tab.url}{PREFIX}/search", params=tab.params, timeout=60, **request)
+
+
+def search(**body: Any) -> Ask:
+    return lambda tab: tab.search(**body)
+
+
+def edit(**body: Any) -> Ask:
+    return lambda tab: tab.edit(**body)
+
+
+def get(route: str, **query: str) -> Ask:
+    return lambda tab: tab.get(route, **query)
+
+
+@pytest.mark.parametrize(("ask", "status", "why"), [
+    pytest.param(raw_search(data=b"{not json"), 400, "not JSON", id="body-not-json"),
+    pytest.param(raw_search(json=["a list"]), 400, "JSON object", id="body-a-list"),
+    pytest.param(raw_search(data=b" " * (70 * 1024)), 413, "at most", id="body-70-kb"),
+    pytest.param(search(query=""), 400, "search query", id="query-empty"),
+    pytest.param(search(query=3), 400, "search query", id="query-a-number"),
+    pytest.param(search(query="x" * 2001), 400, "2001 characters", id="query-2001-characters"),
+    pytest.param(search(query="red", k=0), 400, "k is 0", id="k-0"),
+    pytest.param(search(query="red", k=65), 400, "k is 65", id="k-65"),
+    pytest.param(search(query="red", k="3"), 400, "k is '3'", id="k-a-string"),
+    pytest.param(search(query="red", k=True), 400, "k is True", id="k-a-bool"),
+    pytest.param(search(query="red", tags=[1]), 400, "must all be text", id="tags-not-text"),
+    pytest.param(search(query="red", text_weight=2), 400, "text_weight is 2", id="text-weight-2"),
+    pytest.param(search(query="red", tags=["nobody-has-this"]), 400, "tags in the library", id="tag-unknown"),
+    pytest.param(edit(name="x"), 400, "The id is None", id="edit-without-id"),
+    pytest.param(edit(id="red.png"), 400, "changes nothing", id="edit-without-change"),
+    pytest.param(edit(id="red.png", name="two\nlines"), 400, "control characters", id="edit-name-two-lines"),
+    pytest.param(get("thumbnail"), 400, "id parameter is missing", id="thumbnail-without-id"),
+    pytest.param(get("styles", library="x" * 5000), 400, "shorter path", id="library-5000-characters"),
+])
+def test_json_routes_refuse_bad_bodies_and_parameters(asking_tab: Tab, ask: Ask, status: int, why: str) -> None:
+    error_of(ask(asking_tab), status, why)
+    assert asking_tab.get("styles").status_code == 200, "the server must keep answering after a refused request"
 
 
 def test_multipart_uploads_refuse_missing_files_unknown_fields_and_other_content_types(tab: Tab) -> None:

@@ -2,101 +2,30 @@
 
 from __future__ import annotations
 
-import io
 import math
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from sketch_rag.cli.comfyui_client import ComfyClient, JobFailed
-from sketch_rag.cli.comfyui_server import ComfyServer
+from sketch_rag.cli.comfyui_client import JobFailed
 from sketch_rag.tiny_models.lora import LORA_NAMES
-from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES
+from tests.helpers.client import RecordingClient, Run
+from tests.helpers.graphs import LORA, RenderGraph, Schemas, render_graph
+from tests.helpers.pixels import pixels
 
 pytestmark = pytest.mark.slow
 
-LORA_NODE = "SketchRAGHybridLoRA"
-LOADED = "Sketch RAG: loaded checkpoint"
+
+def render(comfy: RecordingClient, schemas: Schemas, inputs: tuple[str, str],
+           *loras: tuple[str, float]) -> tuple[np.ndarray, RenderGraph, Run]:
+    """Load Image → Canny → loader → LoRA × n → sampler → Save Image, at seed 4: the render, its graph and run."""
+    graph = render_graph(schemas, *inputs, loras=loras, prefix="tests/lora", seed=4)
+    run = comfy.run_recorded(graph.graph)
+    return pixels(comfy.images(run, graph.save)[0]), graph, run
 
 
-def graph(sketch: str, style: str, loras: list[tuple[str, float]]) -> dict[str, Any]:
-    """Load Image → Canny → loader → LoRA × n → sampler → Save Image."""
-    nodes: dict[str, Any] = {
-        "1": {"class_type": "LoadImage", "inputs": {"image": sketch}},
-        "2": {
-            "class_type": "SketchRAGCannySketchPreprocessor",
-            "inputs": {
-                "image": ["1", 0],
-                "low_threshold": 50,
-                "high_threshold": 150,
-                "auto_threshold": False,
-                "resolution": 64,
-                "blur": 0.0,
-                "thicken": 0,
-            },
-        },
-        "3": {
-            "class_type": "SketchRAGHybridPipelineLoader",
-            "inputs": {
-                "checkpoint": CHECKPOINT_NAME,
-                "controlnet": CONTROLNET_NAMES[0],
-                "ip_adapter": IP_ADAPTER_NAMES[0],
-                "image_encoder": IMAGE_ENCODER_NAME,
-                "dtype": "auto",
-                "attention_slicing": False,
-                "vae_tiling": False,
-            },
-        },
-        "4": {"class_type": "LoadImage", "inputs": {"image": style}},
-    }
-    pipeline = ["3", 0]
-    for i, (name, strength) in enumerate(loras):
-        node_id = f"l{i}"
-        nodes[node_id] = {"class_type": LORA_NODE, "inputs": {"pipeline": pipeline, "lora": name, "strength": strength}}
-        pipeline = [node_id, 0]
-    nodes["5"] = {
-        "class_type": "SketchRAGHybridSampler",
-        "inputs": {
-            "pipeline": pipeline,
-            "prompt": "a watercolor house",
-            "negative_prompt": "blurry",
-            "edges": ["2", 0],
-            "style": ["4", 0],
-            "style_weights": "",
-            "controlnet_conditioning_scale": 1.5,
-            "control_guidance_start": 0.0,
-            "control_guidance_end": 1.0,
-            "ip_adapter_scale": 0.8,
-            "ip_adapter_mode": "style",
-            "num_inference_steps": 3,
-            "guidance_scale": 7.5,
-            "seed": 4,
-            "width": 0,
-            "height": 64,
-            "batch_size": 1,
-        },
-    }
-    nodes["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "tests/lora"}}
-    return nodes
-
-
-@pytest.fixture(scope="module")
-def inputs(comfy: ComfyClient, example_sketches: list[Path]) -> tuple[str, str]:
-    sketch = next(p for p in example_sketches if p.stem == "sketch_house")
-    style = Path(__file__).resolve().parents[2] / "style_library" / "monet_water_lilies.jpg"
-    return comfy.upload_image(sketch.read_bytes(), sketch.name), comfy.upload_image(style.read_bytes(), style.name)
-
-
-def render(comfy: ComfyClient, inputs: tuple[str, str], *loras: tuple[str, float]) -> np.ndarray:
-    data = comfy.run(graph(*inputs, list(loras)), "6")[0]
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def test_the_lora_node_lists_models_loras_with_a_bounded_strength(comfy: ComfyClient) -> None:
-    node = comfy.object_info()[LORA_NODE]
+def test_the_lora_node_lists_models_loras_with_a_bounded_strength(comfy: RecordingClient) -> None:
+    node = comfy.object_info()[LORA]
     required = node["input"]["required"]
     assert set(LORA_NAMES) <= set(required["lora"][1]["options"])
     strength = required["strength"][1]
@@ -105,23 +34,31 @@ def test_the_lora_node_lists_models_loras_with_a_bounded_strength(comfy: ComfyCl
 
 
 def test_a_chained_lora_changes_the_render_without_reloading_and_removing_it_restores_the_render(
-    comfy: ComfyClient, comfy_server: ComfyServer, inputs: tuple[str, str]
+    comfy: RecordingClient, schemas: Schemas, render_inputs: tuple[str, str]
 ) -> None:
-    base = render(comfy, inputs)
-    loads = comfy_server.log_text().count(LOADED)
-    full = render(comfy, inputs, (LORA_NAMES[0], 1.0))
-    half = render(comfy, inputs, (LORA_NAMES[0], 0.5))
+    base, _, _ = render(comfy, schemas, render_inputs)
+    runs = []
+    full, graph, run = render(comfy, schemas, render_inputs, (LORA_NAMES[0], 1.0))
+    runs.append((graph, run))
+    half, graph, run = render(comfy, schemas, render_inputs, (LORA_NAMES[0], 0.5))
+    runs.append((graph, run))
     assert len({base.tobytes(), full.tobytes(), half.tobytes()}) == 3
     # The same LoRA in the diffusers layout, stacked on the kohya one: 0.5 + 0.5 is the 1.0 render.
-    assert np.array_equal(render(comfy, inputs, (LORA_NAMES[0], 0.5), (LORA_NAMES[1], 0.5)), full)
-    assert np.array_equal(render(comfy, inputs), base)
-    assert comfy_server.log_text().count(LOADED) == loads  # strengths and removal never reload the checkpoint
+    stacked, graph, run = render(comfy, schemas, render_inputs, (LORA_NAMES[0], 0.5), (LORA_NAMES[1], 0.5))
+    runs.append((graph, run))
+    assert np.array_equal(stacked, full)
+    restored, graph, run = render(comfy, schemas, render_inputs)
+    runs.append((graph, run))
+    assert np.array_equal(restored, base)
+    # Strengths, a second LoRA and the LoRA's removal re-run the sampler, never the loader.
+    for graph, run in runs:
+        assert run.was_cached(graph.loader) and run.did_run(graph.sampler), run
 
 
 def test_a_nan_strength_fails_on_the_lora_node_and_the_next_render_is_unchanged(
-    comfy: ComfyClient, inputs: tuple[str, str]
+    comfy: RecordingClient, schemas: Schemas, render_inputs: tuple[str, str]
 ) -> None:
-    before = render(comfy, inputs, (LORA_NAMES[0], 1.0))
+    before, _, _ = render(comfy, schemas, render_inputs, (LORA_NAMES[0], 1.0))
     with pytest.raises(JobFailed, match=r"LoRA strength for tiny-lora_sd15_kohya\.safetensors is nan"):
-        render(comfy, inputs, (LORA_NAMES[0], math.nan))
-    assert np.array_equal(render(comfy, inputs, (LORA_NAMES[0], 1.0)), before)
+        render(comfy, schemas, render_inputs, (LORA_NAMES[0], math.nan))
+    assert np.array_equal(render(comfy, schemas, render_inputs, (LORA_NAMES[0], 1.0))[0], before)

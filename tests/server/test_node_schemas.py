@@ -3,7 +3,7 @@
 A change that would break saved workflows (a renamed input, a removed node, a new default) fails
 here until the snapshot is regenerated on purpose:
 
-    SKETCH_RAG_UPDATE_SNAPSHOTS=1 ./dev.sh test tests/test_node_schemas.py
+    SKETCH_RAG_UPDATE_SNAPSHOTS=1 ./dev.sh test tests/server/test_node_schemas.py
 """
 
 from __future__ import annotations

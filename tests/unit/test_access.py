@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
 
 from sketch_rag.access import AccessPolicy, load_config, normalise_url
 from sketch_rag.errors import AccessDeniedError, ConfigFileError, InvalidParameterError
+from tests.helpers.configs import config_path, write_config
 
 
 @pytest.fixture
@@ -30,15 +29,6 @@ def policy_for(comfy: dict[str, Path]) -> AccessPolicy:
         read_only=[comfy["shipped"]],
         user_dir=comfy["user"],
     )
-
-
-def write_config(comfy: dict[str, Path], data: object) -> Path:
-    path = comfy["user"] / "sketch_rag" / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
-    stat = path.stat()  # a rewrite within one mtime tick must still be seen: bump it explicitly
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    return path
 
 
 def test_comfyui_folders_are_readable_and_writable(comfy: dict[str, Path]) -> None:
@@ -123,7 +113,8 @@ def test_the_shipped_library_is_read_only(comfy: dict[str, Path]) -> None:
     with pytest.raises(AccessDeniedError, match="shipped style library .* never written"):
         policy.writable(comfy["shipped"] / "new.png", input_name="file", base=comfy["user"])
     assert not policy.can_write(comfy["shipped"])
-    write_config(comfy, {"allowed_folders": [{"path": str(comfy["shipped"] / "sub"), "writable": True}]})
+    listing = {"allowed_folders": [{"path": str(comfy["shipped"] / "sub"), "writable": True}]}
+    write_config(config_path(comfy["user"]), listing)
     assert not policy_for(comfy).can_write(comfy["shipped"] / "sub" / "x.png")  # no listing unlocks it
 
 
@@ -135,7 +126,7 @@ def test_a_read_only_folder_inside_a_writable_one_stays_read_only(comfy: dict[st
 
 
 def test_the_config_file_itself_is_never_writable(comfy: dict[str, Path]) -> None:
-    config = write_config(comfy, {})
+    config = write_config(config_path(comfy["user"]), {})
     with pytest.raises(AccessDeniedError, match="own config file"):
         policy_for(comfy).writable(config, input_name="file", base=comfy["user"])
 
@@ -145,7 +136,8 @@ def test_folders_listed_in_the_config_are_allowed_as_listed(comfy: dict[str, Pat
     with pytest.raises(AccessDeniedError):
         policy.readable(comfy["outside"], input_name="library_folder", base=comfy["user"])
     read_only, writable = comfy["outside"] / "styles", comfy["outside"] / "stores"
-    write_config(comfy, {"allowed_folders": [str(read_only), {"path": str(writable), "writable": True}]})
+    listing = {"allowed_folders": [str(read_only), {"path": str(writable), "writable": True}]}
+    write_config(config_path(comfy["user"]), listing)
     policy = policy_for(comfy)  # built per run: the edit applies without a restart
     assert policy.readable(read_only / "a", input_name="library_folder", base=comfy["user"]) == read_only / "a"
     with pytest.raises(AccessDeniedError, match='listed read-only .*"writable": true on its entry'):
@@ -174,17 +166,17 @@ def test_folders_listed_in_the_config_are_allowed_as_listed(comfy: dict[str, Pat
 def test_a_malformed_config_names_the_file_and_the_entry(
     comfy: dict[str, Path], content: object, complaint: str
 ) -> None:
-    config = write_config(comfy, content)
+    config = write_config(config_path(comfy["user"]), content)
     with pytest.raises(ConfigFileError, match=complaint) as caught:
         policy_for(comfy)
     assert str(config) in str(caught.value)
 
 
 def test_the_config_is_parsed_again_only_when_it_changes(comfy: dict[str, Path]) -> None:
-    config = write_config(comfy, {"allowed_store_urls": ["http://a:1"]})
+    config = write_config(config_path(comfy["user"]), {"allowed_store_urls": ["http://a:1"]})
     first = load_config(config)
     assert load_config(config) is first  # unchanged file: the cached parse
-    write_config(comfy, {"allowed_store_urls": ["http://b:2"]})
+    write_config(config_path(comfy["user"]), {"allowed_store_urls": ["http://b:2"]})
     assert load_config(config).store_urls == {"http://b:2"}
 
 
@@ -192,7 +184,7 @@ def test_store_urls_only_when_listed(comfy: dict[str, Path]) -> None:
     with pytest.raises(AccessDeniedError, match="allowed_store_urls") as caught:
         policy_for(comfy).store_url("http://evil.example:8000", input_name="store")
     assert "http://evil.example:8000" in str(caught.value) and "config.json" in str(caught.value)
-    write_config(comfy, {"allowed_store_urls": ["http://Chroma.Local:8000/"]})
+    write_config(config_path(comfy["user"]), {"allowed_store_urls": ["http://Chroma.Local:8000/"]})
     policy = policy_for(comfy)
     assert policy.store_url("HTTP://chroma.local:8000", input_name="store") == "http://chroma.local:8000"
     assert policy.store_url("http://chroma.local", input_name="store") == "http://chroma.local:8000"  # default

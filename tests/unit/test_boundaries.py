@@ -1,4 +1,4 @@
-"""The layering holds (engines stand alone on the floor, adapters above them) and Canny never pulls in diffusers."""
+"""The layering holds (engines stand alone on the floor, adapters above them) and the sketch engine stands alone."""
 
 from __future__ import annotations
 
@@ -54,10 +54,12 @@ def test_the_layering_check_accepts_what_the_rules_allow(tmp_path: Path) -> None
     assert check_layers.problems(write_pack(tmp_path, files)) == []
 
 
-def test_importing_the_canny_engine_imports_neither_diffusers_nor_comfyui() -> None:
+def test_importing_the_sketch_engine_imports_no_model_library_nor_comfyui() -> None:
+    """Canny and lines run where no torch, diffusers, CLIP, Chroma, scikit-image or ComfyUI is installed."""
     code = (
-        "import sys, sketch_rag.rendering.canny, sketch_rag.imaging\n"
-        "heavy = {'diffusers', 'transformers', 'chromadb', 'comfy_api', 'torch'} & set(sys.modules)\n"
+        "import sys, sketch_rag.rendering.canny, sketch_rag.rendering.lines, sketch_rag.imaging\n"
+        "heavy = {'diffusers', 'transformers', 'chromadb', 'comfy_api', 'torch', 'skimage', 'scipy'}\n"
+        "heavy &= set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

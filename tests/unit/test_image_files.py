@@ -26,21 +26,19 @@ def png_claiming_size(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def test_missing_empty_corrupt_and_unsupported_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "message"), [
+    ("missing.png", "No image file"),
+    ("empty.png", "empty"),
+    ("notes.png", "not an image format"),
+    ("truncated.png", "damaged or truncated"),
+])
+def test_missing_empty_corrupt_and_unsupported_files(tmp_path: Path, name: str, message: str) -> None:
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.png").write_text("this is not an image")
     Image.new("RGB", (64, 64), "white").save(tmp_path / "whole.png")
     (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
-
-    cases = {
-        "missing.png": "No image file",
-        "empty.png": "empty",
-        "notes.png": "not an image format",
-        "truncated.png": "damaged or truncated",
-    }
-    for name, message in cases.items():
-        with pytest.raises(InvalidImageError, match=message):
-            read_image(tmp_path / name)
+    with pytest.raises(InvalidImageError, match=message):
+        read_image(tmp_path / name)
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:

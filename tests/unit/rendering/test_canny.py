@@ -11,12 +11,7 @@ import pytest
 from sketch_rag.errors import InvalidImageError, InvalidParameterError
 from sketch_rag.imaging import read_image
 from sketch_rag.rendering.canny import CannySettings, sketch_to_edges, target_size
-
-
-def gray_u8(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    assert image is not None, path
-    return np.asarray(image, dtype=np.uint8)
+from tests.helpers.images import gray_u8
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +89,18 @@ def test_auto_threshold_recovers_a_faint_pencil_sketch(house: np.ndarray) -> Non
     assert overlap(crisp, auto) > 0.9
 
 
-def test_thicken_joins_a_broken_line() -> None:
+@pytest.mark.parametrize("mode", ["canny", "lines"])
+def test_thicken_joins_a_broken_line(mode: str) -> None:
     paper = np.full((64, 128), 255, np.uint8)
     for x in range(8, 120, 8):  # a dashed stroke: 5 px of ink, 3 px gap
         paper[30:33, x : x + 5] = 60
 
-    def pieces(edges: np.ndarray) -> int:
+    def pieces(thicken: int) -> int:
+        edges = sketch_to_edges(paper, CannySettings(mode=mode, thicken=thicken))
         return cv2.connectedComponents((edges[..., 0] > 0).astype(np.uint8))[0] - 1
 
-    assert pieces(sketch_to_edges(paper)) >= 10
-    assert pieces(sketch_to_edges(paper, CannySettings(thicken=2))) == 1
+    assert pieces(0) >= 10
+    assert pieces(2) == 1
 
 
 def test_blur_removes_edges_from_paper_grain(house: np.ndarray) -> None:

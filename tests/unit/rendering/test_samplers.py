@@ -181,11 +181,21 @@ def test_a_missing_torchsde_is_named_with_the_fix(monkeypatch: pytest.MonkeyPatc
         check_request(request(edge_image, [], sampler="dpmpp_sde_karras"), has_ip_adapter=False)
 
 
-def test_samplers_work_without_an_ip_adapter_and_with_full_mode(cache: PipelineCache, make_spec, edge_image, styles):
-    plain = cache.get(make_spec(ip_adapter=None))
-    for name in ("euler_ancestral", "ddim"):
-        out = plain.render(request(edge_image, [], sampler=name))
-        assert np.isfinite(out).all()
-    full = cache.get(make_spec())
-    out = full.render(request(edge_image, styles[:1], sampler="dpmpp_2m_karras", ip_adapter_mode=IpAdapterMode.FULL))
-    assert np.isfinite(out).all()
+@pytest.fixture(scope="module")
+def plain_and_adapted(make_spec: Callable[..., PipelineSpec]) -> tuple[Any, Any]:
+    """The pipeline without an IP-Adapter and with one, each in a cache of its own."""
+    return PipelineCache().get(make_spec(ip_adapter=None)), PipelineCache().get(make_spec())
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "ddim", "dpmpp_2m_karras"])
+def test_without_an_ip_adapter_each_sampler_renders_as_the_adapter_at_scale_0_in_either_mode(
+    plain_and_adapted: tuple[Any, Any], edge_image, styles, name: str
+) -> None:
+    plain, adapted = plain_and_adapted
+    without = plain.render(request(edge_image, [], sampler=name))
+    for mode in (IpAdapterMode.FULL, IpAdapterMode.STYLE):
+        silent = request(edge_image, styles[:1], sampler=name, ip_adapter_mode=mode, ip_adapter_scale=0.0)
+        assert np.array_equal(adapted.render(silent), without), mode
+    full = adapted.render(request(edge_image, styles[:1], sampler=name, ip_adapter_mode=IpAdapterMode.FULL))
+    style = adapted.render(request(edge_image, styles[:1], sampler=name, ip_adapter_mode=IpAdapterMode.STYLE))
+    assert not np.array_equal(full, without) and not np.array_equal(full, style)
