@@ -6,6 +6,7 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,7 +18,7 @@ from tests.helpers.graphs import ADD, LIBRARY_LOADER, RETRIEVER, RetrievalGraph,
 WAVE = "a great wave, woodblock print"
 
 
-def shipped(schemas: Schemas, **retriever: object) -> RetrievalGraph:
+def shipped(schemas: Schemas, **retriever: Any) -> RetrievalGraph:
     """The default library (shipped styles + the user's folder), searched for the great wave, saved at 64 px."""
     return retrieval_graph(schemas, save=True, **{"prompt": WAVE, "k": 3, **retriever})
 
