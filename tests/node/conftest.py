@@ -57,14 +57,21 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def comfy_base(comfy_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def comfyui_installed() -> None:
+    """Fails each node test at once, naming the fix, when there is no ComfyUI to import."""
+    if not COMFYUI_INSTALLED:
+        pytest.fail(NO_COMFYUI)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfy_base(
+    comfyui_installed: None, comfy_base_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """ComfyUI's base directory for in-process nodes: the session's tiny models, fresh user/input/output/temp.
 
     ``folder_paths`` computes its folders from ``--base-directory`` when imported, so it is reloaded with
     ours (in place: the node modules' ``import folder_paths`` sees the new folders) and reset at the end.
     """
-    if not COMFYUI_INSTALLED:
-        pytest.fail(NO_COMFYUI)
     base = tmp_path_factory.mktemp("node_base").resolve()
     for folder in ("input", "output", "user", "temp"):
         (base / folder).mkdir()
