@@ -4,7 +4,7 @@ Checkpoints, ComfyUI's own LoRAs (``diffusion_model.input_blocks.1.1.proj_in``) 
 (``lora_unet_input_blocks_1_1_proj_in``) name UNet modules the LDM way; the pipeline's UNet is diffusers'.
 The correspondence is fixed by SD1.5's topology (4 levels of 2 resnets, attention on levels 0-2, the first up
 level without attention) and is the one diffusers' ``convert_ldm_unet_checkpoint`` and ComfyUI's
-``comfy.utils.unet_to_diffusers`` apply; ``tests/rendering/test_files_from_the_wild.py`` checks it against
+``comfy.utils.unet_to_diffusers`` apply; ``tests/node/test_files_from_the_wild.py`` checks it against
 ComfyUI's table for every module.
 """
 

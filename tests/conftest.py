@@ -1,8 +1,9 @@
-"""Shared fixtures: example assets and a real ComfyUI server with the pack.
+"""Fixtures every tier may use: example assets, the tiny models, and a real ComfyUI server with the pack.
 
 The server tier starts ``.comfyui/ComfyUI`` (installed by ``./dev.sh``) once per session, with a
 fresh base directory (custom_nodes, models, input, output, user) under pytest's tmp folder, and
-stops it by PID at the end.
+stops it by PID at the end. The node tier shares that base directory's tiny models, without the server.
+The tiny SD1.5 fixtures (``models_dir``, ``make_spec``, ...) come from the ``tests.helpers.tiny_sd`` plugin.
 """
 
 from __future__ import annotations
@@ -19,22 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from sketch_rag.cli.comfyui_client import ComfyClient
 from sketch_rag.cli.comfyui_install import install_comfyui
 from sketch_rag.cli.comfyui_server import ComfyServer, free_port, link_pack, start_server
 from sketch_rag.cli.workflows import SKETCHES_DIR
 from sketch_rag.tiny_models.files import write_tiny_models
+from tests.helpers.client import RecordingClient
+from tests.helpers.graphs import Schemas
+from tests.helpers.paths import COMFYUI_HOME
 
-REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.helpers.tiny_sd"]
+
 EXAMPLE_SKETCHES = SKETCHES_DIR
-COMFYUI_HOME = REPO / ".comfyui"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test not marked for another tier is a unit test, so `-m unit` selects them.
-    for item in items:
-        if not any(item.get_closest_marker(m) for m in ("comfy", "slow", "node")):
-            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
@@ -73,5 +69,12 @@ def comfy_server(comfy_base_dir: Path) -> Iterator[ComfyServer]:
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_server: ComfyServer) -> ComfyClient:
-    return ComfyClient(comfy_server.url)
+def comfy(comfy_server: ComfyServer) -> RecordingClient:
+    """The session server's client; its ``run_recorded`` tells which nodes ran and which ComfyUI served from cache."""
+    return RecordingClient(comfy_server.url)
+
+
+@pytest.fixture(scope="session")
+def schemas(comfy: RecordingClient) -> Schemas:
+    """The server's node schemas (``/object_info/{type}``, fetched once each): what ``Graph`` fills defaults from."""
+    return Schemas(comfy)
