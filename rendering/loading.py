@@ -184,7 +184,8 @@ def _tokenizer_and_scheduler() -> tuple[Any, Any]:
     from diffusers import PNDMScheduler
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(arch.SD15_CONFIG_DIR / "tokenizer", local_files_only=True)
+    # The pack's own config folder, read with local_files_only: no Hub download, so no revision to pin.
+    tokenizer = CLIPTokenizer.from_pretrained(arch.SD15_CONFIG_DIR / "tokenizer", local_files_only=True)  # nosec B615
     scheduler = PNDMScheduler.from_pretrained(arch.SD15_CONFIG_DIR / "scheduler", local_files_only=True)
     return tokenizer, scheduler
 
