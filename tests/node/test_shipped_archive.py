@@ -22,7 +22,7 @@ assert _spec and _spec.loader
 registry_archive = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(registry_archive)
 
-NODE_IDS = sorted(json.loads((REPO / "tests" / "snapshots" / "node_schemas.json").read_text()))
+NODE_IDS = sorted(json.loads((REPO / "tests" / "server" / "snapshots" / "node_schemas.json").read_text()))
 
 
 @pytest.fixture(scope="module")
