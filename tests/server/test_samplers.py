@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sketch_rag.cli.comfyui_client import JobFailed, PromptRejected
+from sketch_rag.cli.comfyui_client import PromptRejected
 from sketch_rag.cli.workflows import bind, load_api_workflow, targets, tiny_models, validate_graph
 from sketch_rag.rendering.schedulers import SAMPLER_NAMES
 from tests.helpers.client import RecordingClient
@@ -62,10 +62,10 @@ def test_an_unknown_sampler_or_clip_skip_is_refused_before_sampling(
     comfy: RecordingClient, schemas: Schemas, render_inputs: tuple[str, str]
 ) -> None:
     before = render(comfy, schemas, render_inputs)
-    # ComfyUI 0.3.75 does not hold an optional V3 combo to its options: the engine's check names the choices.
-    with pytest.raises(JobFailed) as failed:
+    # ComfyUI 0.3.75 does not hold a V3 combo to its options: the node's validate_inputs does, before anything runs.
+    with pytest.raises(PromptRejected) as unknown:
         render(comfy, schemas, render_inputs, sampler="k_euler")
-    assert "sampler is 'k_euler'; pick one of euler, euler_ancestral" in str(failed.value)
+    assert "sampler is 'k_euler', which is not one of its options ('euler', 'euler_ancestral'" in str(unknown.value)
     with pytest.raises(PromptRejected) as rejected:  # an INT past its max: ComfyUI's own validation
         render(comfy, schemas, render_inputs, clip_skip=3)
     assert "clip_skip" in str(rejected.value)
