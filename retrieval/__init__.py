@@ -3,9 +3,10 @@
 This face is the engine's whole public surface: ``nodes`` and ``cli`` import these names from here, never from a
 submodule (``tools/check_layers.py`` enforces it). Each name is imported from its submodule on first use, so a
 caller that only resolves a folder never loads torch, transformers or Chroma. Submodules, for reading: ``library``
-(a library: locking, repair, adding, querying), ``library_edits`` (rename, retag, trash), ``style_labels`` (the name
-and tag rules), ``locations`` (which folders, store and model a node's inputs mean), ``query``, ``embedder``,
-``folder``, ``sync``, ``index``, ``state``, ``thumbnails``.
+(a library, coordinating ``library_lock`` (write lock, repair), ``library_adds`` (adding styles) and ``ranking``
+(query ranking)), ``library_edits`` (rename, retag, trash), ``style_labels`` (the name and tag rules), ``locations``
+(which folders, store and model a node's inputs mean), ``query``, ``embedder``, ``folder``, ``sync``, ``index``,
+``state``, ``thumbnails``.
 """
 
 from __future__ import annotations

@@ -177,6 +177,32 @@ def folder_signature(roots: Iterable[LibraryRoot]) -> str:
     return digest.hexdigest()
 
 
+def folders_stamp(roots: Iterable[LibraryRoot]) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, inode) of every folder of the roots, hidden ones skipped as the scan skips them.
+
+    One ``stat`` per folder: adding, removing, renaming or rewriting a file through a rename changes its folder's
+    mtime, so an unchanged stamp means an unchanged listing.
+    """
+    stamp: list[tuple[str, int, int]] = []
+    stack = [str(r.path) for r in roots]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder)
+            entries = list(os.scandir(folder))
+        except OSError:
+            stamp.append((folder, -1, -1))
+            continue
+        stamp.append((folder, info.st_mtime_ns, info.st_ino))
+        for entry in entries:
+            try:
+                if not entry.name.startswith(".") and entry.is_dir():
+                    stack.append(entry.path)
+            except OSError:
+                continue
+    return tuple(sorted(stamp))
+
+
 def hash_if_changed(info: FileInfo, known: tuple[int, int, str] | None) -> str:
     """The file's sha256, reusing ``known = (size, mtime_ns, sha256)`` when size and mtime still match."""
     if known is not None and known[0] == info.size and known[1] == info.mtime_ns:
