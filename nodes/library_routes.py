@@ -4,7 +4,7 @@ An adapter like the nodes: every route resolves its library from the same three 
 the Style Library node (``library``, ``store``, ``model`` = ``library_folder``, ``store``,
 ``embedding_model``) through the engine's ``resolve_location`` under the same :class:`~..access.AccessPolicy`
 (``comfy_folders.access_policy``), and gets the very library object (and CLIP) the node uses from
-``retrieval_nodes.shared_library``. Styles are named by id and looked up among the library's records, never
+``library_cache.shared_library``. Styles are named by id and looked up among the library's records, never
 opened as paths, so no ``..``, absolute path or encoded traversal reaches a file. The contract the tab codes
 against is the README's "Style Library tab" section.
 
@@ -85,7 +85,7 @@ from ..retrieval import (
 )
 from .comfy_folders import access_policy, library_home, user_dir
 from .comfy_host import max_upload_bytes, route_table
-from .retrieval_nodes import shared_library
+from .library_cache import shared_library
 
 logger = logging.getLogger(__name__)
 

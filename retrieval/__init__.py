@@ -3,9 +3,10 @@
 This face is the engine's whole public surface: ``nodes`` and ``cli`` import these names from here, never from a
 submodule (``tools/check_layers.py`` enforces it). Each name is imported from its submodule on first use, so a
 caller that only resolves a folder never loads torch, transformers or Chroma. Submodules, for reading: ``library``
-(a library: locking, repair, adding, querying), ``library_edits`` (rename, retag, trash), ``style_labels`` (the name
-and tag rules), ``locations`` (which folders, store and model a node's inputs mean), ``query``, ``embedder``,
-``folder``, ``sync``, ``index``, ``state``, ``thumbnails``.
+(a library, coordinating ``library_lock`` (write lock, repair), ``library_adds`` (adding styles) and ``ranking``
+(query ranking)), ``library_edits`` (rename, retag, trash), ``style_labels`` (the name and tag rules), ``locations``
+(which folders, store and model a node's inputs mean), ``query``, ``embedder``, ``folder``, ``sync``, ``index``,
+``state``, ``thumbnails``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",  # the image file suffixes a library folder reads
     "FileRecord",  # one synced style file: id, path, name, tags, content hash, any error
     "default_name",  # a readable style name from a file name
+    "folder_signature",  # a fingerprint of library folders' images and metadata files (path, size, mtime)
     # where a library lives
     "LibraryHome",  # the user's Sketch RAG folder and the CLIP model folders: what empty inputs fall back to
     "LibraryLocation",  # resolved folders, store and embedding model of one library
@@ -64,7 +66,8 @@ __all__ = [
 
 _HOMES = {
     **dict.fromkeys(("open_library", "StyleLibrary", "SHIPPED_LIBRARY"), "library"),
-    **dict.fromkeys(("LibraryRoot", "IMAGE_EXTENSIONS", "default_name", "normalise_tags"), "folder"),
+    **dict.fromkeys(("LibraryRoot", "IMAGE_EXTENSIONS", "default_name", "folder_signature", "normalise_tags"),
+                    "folder"),
     "FileRecord": "state",
     **dict.fromkeys(("LibraryHome", "LibraryLocation", "InputNames", "resolve_location", "library_roots",
                      "store_location"), "locations"),
@@ -82,7 +85,7 @@ __getattr__ = lazy_getattr(globals(), _HOMES)
 
 if TYPE_CHECKING:
     from .embedder import DEFAULT_HUB_MODEL, ClipEmbedder, clip_folder_names
-    from .folder import IMAGE_EXTENSIONS, LibraryRoot, default_name, normalise_tags
+    from .folder import IMAGE_EXTENSIONS, LibraryRoot, default_name, folder_signature, normalise_tags
     from .images import EMBED_SIDE, open_rgb, square_reference
     from .library import SHIPPED_LIBRARY, StyleLibrary, open_library
     from .library_edits import edit_style, find_style, open_style, read_style, root_of, style_file, trash_style

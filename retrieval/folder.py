@@ -8,11 +8,12 @@ file handling: hashing is skipped for files whose size and mtime match what the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -148,6 +149,58 @@ def iter_image_files(root: LibraryRoot) -> Iterator[FileInfo]:
             except FileNotFoundError:
                 continue  # moved away since the listing
             yield FileInfo(item_id_for(root, relpath), root, relpath, stat.st_size, stat.st_mtime_ns)
+
+
+def folder_signature(roots: Iterable[LibraryRoot]) -> str:
+    """A cheap fingerprint of library folders: path, size and mtime of every image and every metadata file a sync
+    reads (the manifest, and the ``.json`` files in each folder holding images), from :func:`iter_image_files`'s
+    walk; no file is read.
+
+    Only ever give it roots the access policy allowed (a library at ``/`` is refused before any walk).
+    """
+    digest = hashlib.sha256()
+    for root in roots:
+        if not root.path.is_dir():
+            continue
+        images = sorted(iter_image_files(root), key=lambda info: info.relpath)
+        relfolders = {posixpath.dirname(info.relpath) for info in images} | {""}
+        metadata = sorted(_json_files(root.path, relfolders).values())
+        entries = [(info.relpath, info.size, info.mtime_ns) for info in images]
+        for relpath in metadata:
+            try:
+                stat = os.stat(root.path / relpath)
+            except OSError:
+                continue  # moved away (trashed, renamed) since the listing: not part of the folder now
+            entries.append((relpath, stat.st_size, stat.st_mtime_ns))
+        for relpath, size, mtime_ns in entries:
+            digest.update(f"{root.path}/{relpath}:{size}:{mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def folders_stamp(roots: Iterable[LibraryRoot]) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, inode) of every folder of the roots, hidden ones skipped as the scan skips them.
+
+    One ``stat`` per folder: adding, removing, renaming or rewriting a file through a rename changes its folder's
+    mtime, so an unchanged stamp means an unchanged listing.
+    """
+    stamp: list[tuple[str, int, int]] = []
+    stack = [str(r.path) for r in roots]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.stat(folder)
+            entries = list(os.scandir(folder))
+        except OSError:
+            stamp.append((folder, -1, -1))
+            continue
+        stamp.append((folder, info.st_mtime_ns, info.st_ino))
+        for entry in entries:
+            try:
+                if not entry.name.startswith(".") and entry.is_dir():
+                    stack.append(entry.path)
+            except OSError:
+                continue
+    return tuple(sorted(stamp))
 
 
 def hash_if_changed(info: FileInfo, known: tuple[int, int, str] | None) -> str:

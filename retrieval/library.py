@@ -2,50 +2,36 @@
 
 ``open_library`` → :class:`StyleLibrary` with ``sync``, ``add_many``, ``query`` and ``entries``; the nodes and
 the CLI reach them through the engine's face (``retrieval/__init__.py``), as every other public name.
-Writes (sync, add, rebuild) take a per-library file lock, because two processes writing one
-Chroma store silently lose vectors; readers notice other processes' writes through the
-generation counter and reopen the store. A damaged store or SQLite file is moved aside and
-rebuilt from the folders and the embedding cache (:meth:`StyleLibrary.heal`); each such event
-is one warning line, also carried by the next :class:`SyncReport` (``healed``).
+:class:`StyleLibrary` coordinates; each idea lives in a module of its own: the write lock, the generation
+readers check and the repair of a damaged store (:mod:`.library_lock`), adding styles (:mod:`.library_adds`),
+ranking styles for a query (:mod:`.ranking`), and syncing the index with the folders (:mod:`.sync`). A damaged
+store or SQLite file is moved aside and rebuilt from the folders and the embedding cache
+(:meth:`StyleLibrary.heal`); each such event is one warning line, also carried by the next :class:`SyncReport`
+(``healed``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from ..access import AccessPolicy
-from ..errors import InvalidImageError, LibraryError
-from ..imaging import write_image
+from ..errors import LibraryError
 from .embedder import Embedder, ProgressCallback
 from .embedding_cache import EmbeddingCache
-from .file_names import control_characters, style_file_stem
-from .folder import MANIFEST_NAME, LibraryRoot, StyleMeta, item_id_for, normalise_tags, safe_relpath
-from .images import EMBED_SIDE, array_to_pil, open_rgb
+from .folder import LibraryRoot, StyleMeta, folders_stamp
 from .index import ChromaIndex, Hit, collection_name, is_store_error, is_url
-from .query import (
-    StyleMatch,
-    StyleQuery,
-    blend_weights,
-    combine,
-    exact_top_k,
-    relative_standing,
-    top_k_of_scores,
-)
+from .library_adds import StyleBatch, writable_root
+from .library_lock import StoreLock
+from .query import StyleMatch, StyleQuery
+from .ranking import consistent, query_vectors, rank, tagged_top_k
 from .state import FileRecord, SyncState
-from .style_labels import checked_name, checked_tags
 from .style_matrices import StyleMatrices
 from .sync import LibraryStores, SyncReport
 
@@ -53,18 +39,11 @@ logger = logging.getLogger(__name__)
 
 SHIPPED_LIBRARY = Path(__file__).resolve().parent.parent / "style_library"
 """The public-domain styles shipped with the pack (read-only: pack updates replace this folder)."""
-LOCK_TIMEOUT_S = 300.0
-"""How long a writer waits for another process's sync before giving up with an error."""
 RESCAN_AFTER_S = 10.0
 """:meth:`StyleLibrary.sync_if_changed` rescans folders whose listings look unchanged after this long anyway
 (a file overwritten in place changes no folder's mtime)."""
 MAX_HEALED_NOTES = 20
 """Healing reports kept for the next node to show (each is also logged when it happens)."""
-
-
-_written_here: dict[tuple[str, str], int] = {}
-"""The last generation this process wrote, per (state file, collection): such a change needs no store reopen."""
-_written_lock = threading.Lock()
 
 
 def default_roots(user_styles: Path) -> list[LibraryRoot]:
@@ -112,63 +91,17 @@ class StyleLibrary:
             self.roots, embedder, self.index, self.cache, self.state, name=self.name,
             on_healed=self._forget_records,
         )
-        self._lock = FileLock(str(self.store_dir / "locks" / f"{self.collection}.lock"))
-        self._mutex = threading.RLock()
-        """This process's writers one at a time; a reader that sees the index ahead of the records waits here."""
+        self._lock = StoreLock(self.name, self.store_dir, self.collection, self.stores, self.synced_records)
         self._records_lock = threading.Lock()
         self._folder_stamp: tuple[tuple[str, int, int], ...] | None = None
         self._synced_at = 0.0
         self._healed: list[str] = []
-        self._seen_generation: tuple[int, int] | None = None
-        """(state file epoch, generation) last read: a new state file at the same generation is still new."""
         self._records: dict[str, FileRecord] = {}
         self._good: dict[str, FileRecord] = {}
         """The indexed records (those without an error), rebuilt only when the records change."""
         self._matrices: StyleMatrices | None = None
 
-    # -- writing -----------------------------------------------------------------------------
-
-    def _locked(self) -> FileLock:
-        (self.store_dir / "locks").mkdir(parents=True, exist_ok=True)
-        return self._lock
-
-    def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            with self._mutex, self._locked().acquire(timeout=LOCK_TIMEOUT_S):
-                if self._changed_elsewhere():
-                    self.index.refresh()  # another process wrote: write on top of its vectors, not a stale copy
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    with _written_lock:
-                        _written_here[self._state_key] = self.state.generation()
-                    self._after_write()
-        except Timeout as exc:
-            raise LibraryError(
-                f"Another process has been writing the style library {self.name!r} for {LOCK_TIMEOUT_S:.0f} s "
-                f"(lock {self._lock.lock_file}); wait for it to finish, or stop the other ComfyUI/CLI using it."
-            ) from exc
-
-    def _after_write(self) -> None:
-        self.synced_records()
-
-    @property
-    def _state_key(self) -> tuple[str, str]:
-        return str(self.state.path), self.collection
-
-    def _changed_elsewhere(self) -> bool:
-        """Whether another process wrote since this library last read: only then must the store be reopened.
-
-        A generation written by this process (this library or another object on the same collection) was
-        written through the shared client, which already holds those vectors.
-        """
-        version = self._state_version()
-        if version == self._seen_generation:
-            return False
-        if self._seen_generation is None or version[0] != self._seen_generation[0]:
-            return True  # a new state file: the store may have been replaced with it
-        with _written_lock:
-            return _written_here.get(self._state_key) != version[1]
+    # -- syncing -----------------------------------------------------------------------------
 
     def synced_records(self) -> dict[str, FileRecord]:
         """Every file as last synced by id (read again only when a write bumped the generation).
@@ -177,22 +110,12 @@ class StyleLibrary:
         generation seen always gets the records of that generation, never the previous ones.
         """
         with self._records_lock:
-            version = self._state_version()
-            if version != self._seen_generation:
+            version = self._lock.state_version()
+            if version != self._lock.seen_generation:
                 records = self.state.records()
                 self._set_records(records)
-                self._seen_generation = version
+                self._lock.seen_generation = version
             return self._records
-
-    def _state_version(self) -> tuple[int, int]:
-        """(state file epoch, generation); a damaged state file found here is moved aside and started afresh."""
-        try:
-            generation = self.state.generation()
-        except sqlite3.DatabaseError as exc:
-            if not self.heal(exc):
-                raise
-            generation = self.state.generation()
-        return self.state.epoch, generation
 
     def heal(self, error: BaseException | None = None) -> bool:
         """After ``error``: move whatever is damaged aside (see :meth:`LibraryStores.heal`). True if any was."""
@@ -200,7 +123,7 @@ class StyleLibrary:
 
     def _forget_records(self) -> None:
         """After a store was moved aside: nothing read from it may be trusted, read it all again."""
-        self._seen_generation = None
+        self._lock.seen_generation = None
         self._set_records({})
 
     def _keep_healed(self, report: SyncReport) -> SyncReport:
@@ -225,8 +148,8 @@ class StyleLibrary:
         """
         if rebuild:
             self.index.open(replace_other_model=True)
-        stamp = self._folders_stamp()  # taken before the scan: a change during it is seen by the next check
-        report: SyncReport = self._write(self._sync_locked, rebuild, progress)
+        stamp = folders_stamp(self.roots)  # taken before the scan: a change during it is seen by the next check
+        report: SyncReport = self._lock.write(self._sync_locked, rebuild, progress)
         self._folder_stamp, self._synced_at = stamp, time.monotonic()
         return report
 
@@ -238,30 +161,9 @@ class StyleLibrary:
         which reads every sidecar. Another process's syncs are seen through the generation as usual.
         """
         self.refresh_if_changed()
-        if self._folders_stamp() == self._folder_stamp and time.monotonic() - self._synced_at < max_age_s:
+        if folders_stamp(self.roots) == self._folder_stamp and time.monotonic() - self._synced_at < max_age_s:
             return None
         return self.sync()
-
-    def _folders_stamp(self) -> tuple[tuple[str, int, int], ...]:
-        """(path, mtime_ns, inode) of every folder of the library, hidden ones skipped as the scan skips them."""
-        stamp: list[tuple[str, int, int]] = []
-        stack = [str(r.path) for r in self.roots]
-        while stack:
-            folder = stack.pop()
-            try:
-                info = os.stat(folder)
-                entries = list(os.scandir(folder))
-            except OSError:
-                stamp.append((folder, -1, -1))
-                continue
-            stamp.append((folder, info.st_mtime_ns, info.st_ino))
-            for entry in entries:
-                try:
-                    if not entry.name.startswith(".") and entry.is_dir():
-                        stack.append(entry.path)
-                except OSError:
-                    continue
-        return tuple(sorted(stamp))
 
     def _sync_locked(self, rebuild: bool, progress: ProgressCallback | None) -> SyncReport:
         if rebuild or self.state.generation() == 0:
@@ -296,13 +198,7 @@ class StyleLibrary:
         Raises:
             LibraryError: every folder of the library is read-only (the shipped one, say).
         """
-        root = next((r for r in reversed(self.roots) if r.writable), None)
-        if root is None:
-            raise LibraryError(
-                f"The style library {self.name!r} has no writable folder ({', '.join(str(r.path) for r in self.roots)} "
-                "are read-only); load it with a folder of your own to add styles."
-            )
-        return root
+        return writable_root(self.roots, self.name)
 
     def add_many(
         self,
@@ -330,68 +226,23 @@ class StyleLibrary:
             AccessDeniedError: ``access`` does not let the folder or a file be written.
             InvalidImageError: an image cannot be read, or could not be indexed.
         """
-        root = self.write_root()
-        if access is not None:
-            access.writable(root.path, input_name="folder to add styles to", base=root.path)
-        wanted = list(filenames) if filenames is not None else [None] * len(images)
-        if not len(images) == len(names) == len(wanted):
-            raise LibraryError(
-                f"add_many got {len(images)} images, {len(names)} names and {len(wanted)} filenames; give one each."
-            )
-        names = [checked_name(name) for name in names]
-        tags = checked_tags(list(tags) if not isinstance(tags, str) else tags)
-        suffixes = []
-        for image in images:
-            if isinstance(image, Path):
-                open_rgb(image, EMBED_SIDE)  # refuse unreadable files before copying anything in
-                suffixes.append(image.suffix.lower())
-            else:
-                array_to_pil(image)
-                suffixes.append(".png")
-        relpaths = [_given_relpath(root.path, f) if f else None for f in wanted]
+        batch = StyleBatch.checked(self.write_root(), images, names, tags, filenames, text, access)
 
         def write() -> tuple[list[str], dict[str, FileRecord]]:
-            root.path.mkdir(parents=True, exist_ok=True)
-            planned: list[str] = []
-            taken: set[str] = set()  # names planned in this batch are as taken as those on disk
-            for name, suffix, relpath in zip(names, suffixes, relpaths, strict=True):
-                if relpath is None:
-                    relpath = _free_relpath(root.path, style_file_stem(name), suffix, taken)
-                taken |= {relpath, _sidecar_relpath(relpath)}
-                if access is not None:  # the resolved files, before any of the batch is written
-                    for path in (relpath, _sidecar_relpath(relpath)):
-                        access.writable(root.path / path, input_name=f"file for the style {name!r}",
-                                        base=root.path)
-                planned.append(relpath)
-            for image, name, relpath in zip(images, names, planned, strict=True):
-                target = root.path / relpath
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(image, Path):
-                    shutil.copyfile(image, target)
-                else:
-                    write_image(target, image)
-                sidecar = {"name": name, "tags": list(tags), **(text or {})}
-                (root.path / _sidecar_relpath(relpath)).write_text(
-                    json.dumps(sidecar, ensure_ascii=False, indent=2), encoding="utf-8"
-                )
+            planned = batch.write()
             self._keep_healed(self.stores.sync(self.synced_records))
             # What this sync wrote, read under the lock: no other writer can have changed it since.
             return planned, self.state.records()
 
-        planned, records = self._write(write)
-        item_ids = [item_id_for(root, relpath) for relpath in planned]
-        failed = [f"{i} ({records[i].error if i in records else 'not found after sync'})" for i in item_ids
-                  if i not in records or records[i].error is not None]
-        if failed:
-            raise InvalidImageError(f"New styles could not be indexed: {'; '.join(failed)}.")
-        return [self._match(Hit(i, 1.0), 1.0, records=records) for i in item_ids]
+        planned, records = self._lock.write(write)
+        return [self._match(Hit(i, 1.0), 1.0, records=records) for i in batch.indexed_ids(planned, records)]
 
     # -- reading -----------------------------------------------------------------------------
 
     def refresh_if_changed(self) -> None:
         """Reload state and reopen the store if another process wrote since we last looked."""
-        if self._state_version() != self._seen_generation:
-            if self._seen_generation is not None and self._changed_elsewhere():
+        if self._lock.state_version() != self._lock.seen_generation:
+            if self._lock.seen_generation is not None and self._lock.changed_elsewhere():
                 self.index.refresh()
             self.synced_records()
 
@@ -415,23 +266,10 @@ class StyleLibrary:
             LibraryError: the library has no indexed styles, or none carries the asked tags.
         """
         self._check_not_empty()
-        vector, prompt_vec = self._query_vectors(query)
-        words = query.applied_text_weight
-        if words == 0 or prompt_vec is None:
-            hits, records = self._search(vector, query.k, query.tags)
-            matrices = self._style_matrices()
-            every = matrices.scores(vector)
-        else:
-            records = self._records  # one generation's records and matrices for the whole answer
-            matrices = self._style_matrices()
-            every = matrices.scores(vector, prompt_vec, words)
-            rows = matrices.tagged(frozenset(query.tags))[2] if query.tags else None
-            hits = top_k_of_scores(every, matrices.ids, query.k, rows)
-        hits = [h for h in hits if h.item_id in records]
-        standing = relative_standing(every, [matrices.rows.get(h.item_id, -1) for h in hits])
-        weights = blend_weights([h.score for h in hits], query.temperature)
-        return [self._match(h, w, z, p, records=records)
-                for h, w, (z, p) in zip(hits, weights, standing, strict=True)]
+        vector, prompt_vec = query_vectors(self.embedder, query)
+        ranked, records = rank(query, vector, prompt_vec, search=self._search, records=lambda: self._records,
+                               matrices=self._style_matrices)
+        return [self._match(r.hit, r.weight, r.z_score, r.percentile, records=records) for r in ranked]
 
     def search(self, vector: np.ndarray, k: int, tags: Sequence[str] = ()) -> list[Hit]:
         """The ``k`` items nearest a unit query vector in this library's embedding space, best first.
@@ -450,30 +288,25 @@ class StyleLibrary:
         """The hits, and the records (one generation's) they were checked against."""
         if tags:
             records = self._records
-            matrix, ids, _ = self._style_matrices().tagged(frozenset(normalise_tags(list(tags))))
-            return exact_top_k(matrix, ids, vector, k), records
+            return tagged_top_k(self._style_matrices(), vector, k, tags), records
         try:
             hits, records, good = self.index.query(vector, k), self._records, self._good
         except Exception as exc:
-            if not is_store_error(exc) or not self._write(self._heal_and_sync, exc):
+            if not is_store_error(exc) or not self._lock.write(self._heal_and_sync, exc):
                 raise
             hits, records, good = self.index.query(vector, k), self._records, self._good
-        if self._consistent(hits, k, good):
+        if consistent(hits, k, good):
             return hits, records
         # The index may be ahead of the records because a writer of this process is between its index
         # and state writes: wait for it, read the records it committed and ask again before calling it damage.
-        with self._mutex:
+        with self._lock.mutex:
             self.refresh_if_changed()
             hits, records, good = self.index.query(vector, k), self._records, self._good
-        if not self._consistent(hits, k, good):
-            self._repair()
+        if not consistent(hits, k, good):
+            self._lock.repair(self.collection)
             self.refresh_if_changed()
             hits, records = self.index.query(vector, k), self._records
         return hits, records
-
-    @staticmethod
-    def _consistent(hits: list[Hit], k: int, good: dict[str, FileRecord]) -> bool:
-        return len(hits) >= min(k, len(good)) and all(h.item_id in good for h in hits)
 
     def _check_not_empty(self) -> None:
         self.refresh_if_changed()
@@ -484,31 +317,11 @@ class StyleLibrary:
                 "Add to Style Library node) and run again."
             )
 
-    def _query_vectors(self, query: StyleQuery) -> tuple[np.ndarray, np.ndarray | None]:
-        """The query vector the images are compared with, and the prompt's own (for the words), if embedded."""
-        share = query.prompt_share
-        needs_prompt = share > 0 or query.applied_text_weight > 0
-        text_vec = self.embedder.embed_texts([query.text])[0] if needs_prompt else None
-        image_vec = None
-        if query.image is not None and share < 1:
-            image_vec = self.embedder.embed_images([array_to_pil(query.image)])[0]
-        return combine(text_vec, image_vec, share), text_vec
-
     def _heal_and_sync(self, error: BaseException) -> bool:
         if not self.heal(error):
             return False
         self._keep_healed(self.stores.sync(self.synced_records))
         return True
-
-    def _repair(self) -> None:
-        def repair() -> None:
-            records = self.state.records()
-            if not self.stores.verify(records):
-                logger.warning("Style index %s returned too few results; rebuilding it.", self.collection)
-                self.stores.rebuild_index(records)
-                self.state.bump()
-
-        self._write(repair)
 
     def _style_matrices(self) -> StyleMatrices:
         """The good styles' embeddings for exact search and scores of all styles (one object per generation)."""
@@ -528,37 +341,6 @@ class StyleLibrary:
     def close(self) -> None:
         self.cache.close()
         self.state.close()
-
-
-def _given_relpath(root: Path, filename: str) -> str:
-    """A caller's file name for a new style, inside ``root`` and not the manifest's sidecar slot."""
-    if control_characters(filename):
-        raise LibraryError(
-            f"The file name {filename!r} contains control characters ({', '.join(control_characters(filename))}); "
-            "use a name like 'my_style.png'."
-        )
-    relpath = safe_relpath(root, filename)
-    if _sidecar_relpath(relpath) == MANIFEST_NAME:
-        raise LibraryError(
-            f"The file name {filename!r} would put its sidecar on the library manifest {MANIFEST_NAME}; "
-            "choose another name."
-        )
-    return relpath
-
-
-def _sidecar_relpath(relpath: str) -> str:
-    return PurePosixPath(relpath).with_suffix(".json").as_posix()
-
-
-def _free_relpath(folder: Path, stem: str, suffix: str, taken: set[str]) -> str:
-    """``stem + suffix`` or ``stem_2 + suffix``...: the first whose image and sidecar are both free.
-
-    ``lexists``, so a dangling symlink counts as taken: writing through it could land anywhere.
-    """
-    relpath, n = f"{stem}{suffix}", 2
-    while any(p in taken or os.path.lexists(folder / p) for p in (relpath, _sidecar_relpath(relpath))):
-        relpath, n = f"{stem}_{n}{suffix}", n + 1
-    return relpath
 
 
 def open_library(

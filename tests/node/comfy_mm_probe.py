@@ -35,7 +35,7 @@ def main() -> None:
     comfy_args.cpu = True  # what the test server runs with (``main.py --cpu``); set before model_management loads
     import comfy.model_management as mm
 
-    from sketch_rag.nodes import retrieval_nodes, sampler_nodes
+    from sketch_rag.nodes import model_memory
     from sketch_rag.rendering import loading
     from sketch_rag.rendering.model_cache import DEFAULT_CACHE, PIPELINE_ROLES
     from sketch_rag.rendering.pipeline_spec import PipelineSpec
@@ -46,7 +46,7 @@ def main() -> None:
 
     report: dict[str, Any] = {}
     hybrid = DEFAULT_CACHE.get(spec(args["a"]))
-    sampler_nodes.register_with_model_management(hybrid)
+    model_memory.register_with_model_management(hybrid)
     old = {"unet": weakref.ref(hybrid.pipe.unet), "vae": weakref.ref(hybrid.pipe.vae)}
     report["entries_after_a"] = [sorted(d.keys()) for d in ours(mm)]
     del hybrid
@@ -61,14 +61,14 @@ def main() -> None:
 
     loading.load_sd15 = watching_load
     hybrid = DEFAULT_CACHE.get(spec(args["b"]))
-    sampler_nodes.register_with_model_management(hybrid)
+    model_memory.register_with_model_management(hybrid)
     entries = ours(mm)
     report["entries_after_b"] = len(entries)
     report["entry_holds_b"] = bool(entries) and entries[0]["unet"] is hybrid.pipe.unet
     new_unet = weakref.ref(hybrid.pipe.unet)
     del hybrid, entries
 
-    embedder = retrieval_nodes._managed_embedder(
+    embedder = model_memory.managed_embedder(
         ClipEmbedder.load("tiny-random-clip", device=str(mm.get_torch_device()), search_dirs=[Path(args["clip_dir"])])
     )
     first = embedder.embed_texts(["ink"])

@@ -138,11 +138,13 @@ def _register_and_render(mm: Any, server: FakeServer, progress: list[tuple[int, 
     node_ids = {cls.GET_SCHEMA().node_id for cls in classes}
     assert {cls.GET_NODE_INFO_V1()["name"] for cls in classes} == node_ids  # what /object_info lists
 
-    sampler_nodes = sys.modules["sketch_rag.nodes.sampler_nodes"]
+    loader_node = sys.modules["sketch_rag.nodes.pipeline_loader_node"]
+    sampler_node = sys.modules["sketch_rag.nodes.sampler_node"]
+    model_memory = sys.modules["sketch_rag.nodes.model_memory"]
     preprocess = sys.modules["sketch_rag.nodes.preprocess"]
     [edges] = preprocess.CannySketchPreprocessor.execute(sketch()).result
     progress.clear()  # the Canny node's own updates: test_the_canny_node_reports_progress_per_sketch...
-    [spec] = sampler_nodes.HybridPipelineLoader.execute(
+    [spec] = loader_node.HybridPipelineLoader.execute(
         CHECKPOINT_NAME, CONTROLNET_NAMES[0], IP_ADAPTER_NAMES[0], IMAGE_ENCODER_NAME
     ).result
     hybrid_class = type(DEFAULT_CACHE.get(spec))
@@ -159,7 +161,7 @@ def _register_and_render(mm: Any, server: FakeServer, progress: list[tuple[int, 
         return original(self, *args, **kwargs)
 
     def render() -> torch.Tensor:
-        [image] = sampler_nodes.HybridSampler.execute(
+        [image] = sampler_node.HybridSampler.execute(
             spec, "a watercolor house", "blurry", edges, style=style(), num_inference_steps=2, seed=4, height=64
         ).result
         return image
@@ -178,7 +180,7 @@ def _register_and_render(mm: Any, server: FakeServer, progress: list[tuple[int, 
             mm.interrupt_current_processing(False)
     finally:
         hybrid_class.render_batch = original
-        for entry in getattr(sampler_nodes, "_MANAGED", {}).values():
+        for entry in getattr(model_memory, "_MANAGED", {}).values():
             entry.drop()  # ComfyUI's entry for this import of the pack dies with its patcher
     library_routes = sys.modules["sketch_rag.nodes.library_routes"]
     comfy_host = sys.modules["sketch_rag.nodes.comfy_host"]

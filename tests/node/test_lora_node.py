@@ -13,7 +13,8 @@ import torch
 
 from sketch_rag.errors import InvalidParameterError, ModelNotFoundError
 from sketch_rag.nodes.lora_node import HybridLoRA
-from sketch_rag.nodes.sampler_nodes import HybridPipelineLoader, HybridSampler
+from sketch_rag.nodes.pipeline_loader_node import HybridPipelineLoader
+from sketch_rag.nodes.sampler_node import HybridSampler
 from sketch_rag.rendering.pipeline_spec import PipelineSpec
 from sketch_rag.tiny_models.lora import LORA_NAMES
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, CONTROLNET_NAMES, IMAGE_ENCODER_NAME, IP_ADAPTER_NAMES

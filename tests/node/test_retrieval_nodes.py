@@ -27,7 +27,9 @@ from sketch_rag.errors import (
     ModelNotFoundError,
     SketchRagError,
 )
-from sketch_rag.nodes.retrieval_nodes import AddToStyleLibrary, ClipStyleRetriever, StyleLibraryLoader
+from sketch_rag.nodes.add_style_node import AddToStyleLibrary
+from sketch_rag.nodes.retriever_node import ClipStyleRetriever
+from sketch_rag.nodes.style_library_node import StyleLibraryLoader
 from sketch_rag.retrieval.embedder import DEFAULT_HUB_MODEL
 from sketch_rag.retrieval.library import StyleLibrary
 from sketch_rag.retrieval.query import MAX_K

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from sketch_rag.errors import InvalidImageError, InvalidParameterError, ModelNotFoundError
-from sketch_rag.nodes.sampler_nodes import HybridPipelineLoader, HybridSampler
+from sketch_rag.nodes.pipeline_loader_node import HybridPipelineLoader
+from sketch_rag.nodes.sampler_node import HybridSampler
 from sketch_rag.rendering import render_request as rr
 from sketch_rag.rendering.model_cache import DEFAULT_CACHE
 from sketch_rag.rendering.pipeline_spec import PipelineSpec

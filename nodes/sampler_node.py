@@ -1,9 +1,9 @@
-"""Hybrid pipeline loader + Hybrid ControlNet + IP-Adapter Sampler nodes: thin adapters over ``rendering``.
+"""The Hybrid ControlNet + IP-Adapter Sampler node: a thin adapter over ``rendering``'s ``render_batch``.
 
-The loader resolves dropdown names through ``folder_paths`` and hands the engine's warm pipeline to the
-sampler as SKETCHRAG_HYBRID_PIPELINE; the sampler converts tensors, wires ComfyUI's progress bar, latent
-preview and interrupt into the engine's callbacks, and lets ComfyUI's model management reclaim the memory
-(each through ``comfy_host``, which goes without whichever of them this ComfyUI lacks).
+It turns the ``pipeline`` socket's spec into the warm pipeline through the engine's cache, converts tensors, wires
+ComfyUI's progress bar, latent preview and interrupt into the engine's callbacks, and lets ComfyUI's model
+management reclaim the memory (``model_memory``); each through ``comfy_host``, which goes without whichever of
+them this ComfyUI lacks.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..model_folders import CHECKPOINTS, CLIP_VISION, CONTROLNET, IPADAPTER
-from ..precisions import PRECISIONS
 from ..rendering import (
     DEFAULT_CONTROLNET_SCALE,
     DEFAULT_GUIDANCE_SCALE,
@@ -35,111 +33,13 @@ from ..rendering import (
     IpAdapterMode,
     RenderRequest,
 )
-from .comfy_host import (
-    ManagedModels,
-    interrupt_check,
-    raise_if_interrupted,
-    sampler_progress,
-    torch_device,
-    vae_precision_flag,
-)
+from .comfy_host import interrupt_check, raise_if_interrupted, sampler_progress
 from .common import CATEGORY, NODE_PREFIX
 from .input_checks import unknown_options
-from .model_choices import NONE_CHOICE, choices, full_path, register_ipadapter_folder
+from .model_memory import register_with_model_management
 from .pipeline_socket import PipelineSpecType, checked_spec
+from .style_weights import parse_style_weights
 from .tensors import arrays_to_image_batch, image_batch_to_arrays, single_image, single_mask
-
-
-class HybridPipelineLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        register_ipadapter_folder()
-        return io.Schema(
-            node_id=f"{NODE_PREFIX}HybridPipelineLoader",
-            display_name="Hybrid Pipeline Loader (SD1.5 + ControlNet + IP-Adapter)",
-            category=CATEGORY,
-            description=(
-                "Loads an SD1.5 checkpoint, a ControlNet (canny, lineart, scribble ...) and an IP-Adapter with its "
-                "image encoder once and keeps them warm; changing one file reloads only that model."
-            ),
-            inputs=[
-                io.Combo.Input(
-                    "checkpoint",
-                    options=choices(CHECKPOINTS),
-                    tooltip="SD1.5 single-file checkpoint from models/checkpoints.",
-                ),
-                io.Combo.Input(
-                    "controlnet",
-                    options=choices(CONTROLNET),
-                    tooltip="An SD1.5 ControlNet from models/controlnet (.pth or .safetensors): canny for the Canny "
-                    "node's edges or lines, lineart/scribble for its lines mode.",
-                ),
-                io.Combo.Input(
-                    "ip_adapter",
-                    options=choices(IPADAPTER, optional=True),
-                    tooltip="ip-adapter_sd15 or ip-adapter-plus_sd15 from models/ipadapter; 'none' "
-                    "renders without style references.",
-                ),
-                io.Combo.Input(
-                    "image_encoder",
-                    options=choices(CLIP_VISION, optional=True),
-                    tooltip="The ViT-H/14 image encoder the IP-Adapter was trained with, from "
-                    "models/clip_vision; 'none' only together with ip_adapter 'none'.",
-                ),
-                io.Combo.Input(
-                    "dtype", options=list(PRECISIONS), default="auto", tooltip="auto: fp16 on a GPU, fp32 on the CPU."
-                ),
-                io.Boolean.Input(
-                    "attention_slicing",
-                    default=False,
-                    tooltip="Compute self-attention in slices: less GPU memory, a little slower.",
-                ),
-                io.Boolean.Input(
-                    "vae_tiling",
-                    default=False,
-                    tooltip="Decode the image in tiles: needed for large images on small GPUs.",
-                ),
-            ],
-            outputs=[
-                PipelineSpecType.Output(display_name="pipeline", tooltip="The warm pipeline, for the Hybrid Sampler.")
-            ],
-        )
-
-    @classmethod
-    def validate_inputs(
-        cls, checkpoint: str | None = None, controlnet: str | None = None, ip_adapter: str | None = None,
-        image_encoder: str | None = None, dtype: str | None = None,
-    ) -> bool | str:
-        return unknown_options(cls, checkpoint=checkpoint, controlnet=controlnet, ip_adapter=ip_adapter,
-                               image_encoder=image_encoder, dtype=dtype)
-
-    @classmethod
-    def execute(
-        cls,
-        checkpoint: str,
-        controlnet: str,
-        ip_adapter: str,
-        image_encoder: str,
-        dtype: str = "auto",
-        attention_slicing: bool = False,
-        vae_tiling: bool = False,
-    ) -> io.NodeOutput:
-        from ..rendering import DEFAULT_CACHE, PipelineSpec
-
-        register_ipadapter_folder()
-        spec = PipelineSpec(
-            checkpoint=full_path(CHECKPOINTS, checkpoint),
-            controlnet=full_path(CONTROLNET, controlnet),
-            ip_adapter=None if ip_adapter == NONE_CHOICE else full_path(IPADAPTER, ip_adapter),
-            image_encoder=None if image_encoder == NONE_CHOICE else full_path(CLIP_VISION, image_encoder),
-            dtype=dtype,
-            device=str(torch_device()),
-            attention_slicing=attention_slicing,
-            vae_tiling=vae_tiling,
-            vae_precision=vae_precision_flag() or "auto",  # ComfyUI's --fp32-vae / --bf16-vae / --fp16-vae
-        )
-        DEFAULT_CACHE.get(spec)  # load now, so a bad file fails on the loader node, not on the sampler
-        return io.NodeOutput(spec)
 
 
 class HybridSampler(io.ComfyNode):
@@ -384,7 +284,7 @@ class HybridSampler(io.ComfyNode):
             negative_prompt=negative_prompt,
             control_image=controls[0],
             style_images=styles,
-            style_weights=_parse_weights(style_weights, len(styles)),
+            style_weights=parse_style_weights(style_weights, len(styles)),
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
@@ -419,55 +319,3 @@ class HybridSampler(io.ComfyNode):
             raise_if_interrupted()  # ComfyUI's own interrupt exception and message
             raise
         return io.NodeOutput(arrays_to_image_batch(list(images)))
-
-
-_MANAGED: dict[str, ManagedModels] = {}
-
-
-def pipeline_models() -> ManagedModels:
-    """The entry of the warm hybrid pipeline in ComfyUI's model management (made on first use).
-
-    ComfyUI's unload releases the engine's cache; a model swap inside the cache drops the entry first (its
-    replace listener), so ComfyUI's patcher never keeps the old model alive while the new one loads.
-    """
-    from ..rendering import DEFAULT_CACHE
-
-    managed = _MANAGED.get("pipeline")
-    if managed is None:
-        managed = _MANAGED["pipeline"] = ManagedModels("the hybrid pipeline", DEFAULT_CACHE.release)
-        DEFAULT_CACHE.add_replace_listener(_drop_pipeline_entry)
-    return managed
-
-
-def _drop_pipeline_entry(_role: str) -> None:
-    managed = _MANAGED.get("pipeline")
-    if managed is not None:
-        managed.drop()
-
-
-def register_with_model_management(hybrid: Any) -> None:
-    """Let ComfyUI account for and free the warm pipeline's models like its own (see ``comfy_host.ManagedModels``)."""
-    pipe = hybrid.pipe
-    parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "controlnet": pipe.controlnet}
-    if pipe.image_encoder is not None:
-        parts["image_encoder"] = pipe.image_encoder
-    pipeline_models().use(hybrid.generation, parts)
-
-
-def _parse_weights(text: str, count: int) -> list[float] | None:
-    from ..errors import InvalidParameterError
-
-    if not text.strip():
-        return None
-    try:
-        weights = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
-    except ValueError as exc:
-        raise InvalidParameterError(
-            f"style_weights {text!r} is not a comma-separated list of numbers; write e.g. '0.7, 0.3' or leave it empty."
-        ) from exc
-    if len(weights) != count:
-        raise InvalidParameterError(
-            f"style_weights has {len(weights)} value(s) for {count} style image(s); "
-            "give one per image or leave it empty."
-        )
-    return weights
