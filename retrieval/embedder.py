@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ IMAGE_BATCH_SIZE = 32
 
 MAX_TEXT_CHARS = 10_000
 """Longer prompts are refused: CLIP reads 77 tokens, and a 100 kB string is a wiring mistake."""
+
+TEXT_CACHE_SIZE = 256
+"""Recent prompts whose vectors an embedder keeps (a few hundred KB at CLIP's widths)."""
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(done, total)`` after each embedded batch."""
@@ -139,6 +143,10 @@ class ClipEmbedder:
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
     """Serialises the forward passes and (re)loads: inside ComfyUI one embedder serves the running prompt's nodes
     and the Style Library routes' worker threads at once, and neither may run the model while the other does."""
+    _texts: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+    """The last :data:`TEXT_CACHE_SIZE` texts' vectors, most recent last (see :meth:`embed_texts`)."""
+    _texts_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    """Guards ``_texts`` only, so a cache hit never waits behind another thread's forward pass."""
 
     def __post_init__(self) -> None:
         self.dim = int(self.model.config.projection_dim)
@@ -215,6 +223,8 @@ class ClipEmbedder:
                     "after a release; build it with ClipEmbedder.load(folder) instead."
                 )
             self.model = None
+            with self._texts_lock:
+                self._texts.clear()
             logger.info("Sketch RAG: released the CLIP model %s", self.name)
 
     def _ready_model(self) -> Any:
@@ -233,6 +243,11 @@ class ClipEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 ``(len(texts), dim)`` text embeddings; CLIP reads the first 77 tokens.
 
+        The vectors of recent single texts are kept (:data:`TEXT_CACHE_SIZE`), so a text asked again costs no
+        tokenizer run and no forward pass. The tab searches the same words again as its sliders move, and on a
+        busy server a forward pass waits on the renders for the interpreter and the cores (measured: a search's
+        few milliseconds of work became a hundred under load). Same weights, same vectors: a release clears it.
+
         Raises:
             InvalidParameterError: an empty or over-long text.
         """
@@ -246,12 +261,25 @@ class ClipEmbedder:
                     f"The text to embed has {len(text)} characters (starting {text[:40]!r}); the limit is "
                     f"{MAX_TEXT_CHARS}. CLIP reads only the first 77 tokens: shorten it."
                 )
+        one = texts[0] if len(texts) == 1 else None  # batches are the sync's, whose vectors are cached on disk
+        if one is not None:
+            with self._texts_lock:
+                known = self._texts.get(one)
+                if known is not None:
+                    self._texts.move_to_end(one)
+                    return known[None].copy()  # a new array: a caller cannot alter the cache
         inputs = self.processor(text=list(texts), return_tensors="pt", padding=True, truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         model = self._ready_model()
         with self._lock, torch.inference_mode():  # one forward pass at a time: see _lock
             features = _features(model.get_text_features(**inputs))
-        return _normalise(features.float().cpu().numpy())
+        vectors = _normalise(features.float().cpu().numpy())
+        if one is not None:
+            with self._texts_lock:
+                self._texts[one] = vectors[0].copy()
+                while len(self._texts) > TEXT_CACHE_SIZE:
+                    self._texts.popitem(last=False)
+        return vectors
 
     def embed_images(
         self,

@@ -112,3 +112,18 @@ def test_a_local_load_runs_offline_and_restores_the_process_setting(
     ClipEmbedder.load("tiny-random-clip", device="cpu", search_dirs=[clip_dir])
     assert seen == [True]
     assert hub_constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_a_prompt_asked_again_is_answered_without_a_forward_pass_and_the_same(clip_dir: Path) -> None:
+    embedder = ClipEmbedder.load("tiny-random-clip", device="cpu", precision="fp32", search_dirs=[clip_dir])
+    forwards: list[int] = []
+    embedder.on_use = lambda e: forwards.append(e.generation)
+    first = embedder.embed_texts(["a woodblock print"])
+    first[0, 0] += 1.0  # a caller changing its copy changes nothing for the next caller
+    again = embedder.embed_texts(["a woodblock print"])
+    assert forwards == [1] and np.array_equal(again, embedder.embed_texts(["a woodblock print"]))
+    assert abs(float(np.linalg.norm(again[0])) - 1.0) < 1e-5 and again[0, 0] != first[0, 0]
+    alone = embedder.embed_texts(["a watercolor"])
+    assert len(forwards) == 2 and not np.array_equal(alone, again)
+    batch = embedder.embed_texts(["a woodblock print", "a watercolor"])  # a batch always runs the model
+    assert len(forwards) == 3 and np.allclose(batch, np.concatenate([again, alone]), atol=1e-5)
