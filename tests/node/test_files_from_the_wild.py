@@ -39,6 +39,7 @@ from sketch_rag.tiny_models.sd import (
     build_tiny_sd15,
     cross_attention_widths,
 )
+from tests.helpers.lora_deltas import our_deltas
 
 STRENGTH = 0.7
 TEXT = "cond_stage_model.transformer."
@@ -296,21 +297,6 @@ def test_a_ckpt_is_unpickled_once(corpus: dict[str, Path], monkeypatch: pytest.M
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def our_deltas(spec: PipelineSpec, lora: Path) -> dict[str, torch.Tensor]:
-    from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
-
-    cache = PipelineCache()
-    pipe = cache.get(spec).pipe
-    parts = {"unet": pipe.unet, "clip": pipe.text_encoder}
-    base = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in parts.items()}
-    cache.get(dataclasses.replace(spec, loras=((lora, STRENGTH),)))
-    unet = {k: v - base["unet"][k] for k, v in pipe.unet.state_dict().items()}
-    text = {k: v - base["clip"][k] for k, v in pipe.text_encoder.state_dict().items()}
-    deltas = {f"unet.{k}": v for k, v in unet_to_ldm(unet, dict(pipe.unet.config)).items()}
-    deltas |= {"clip.clip_l.transformer.text_model." + k.removeprefix("text_model."): v for k, v in text.items()}
-    return {k: v for k, v in deltas.items() if v.abs().max() > 0}
-
-
 @pytest.mark.parametrize(
     ("name", "layout", "reference"),
     [
@@ -335,7 +321,7 @@ def test_every_lora_layout_changes_the_weights_as_comfyui_core_does(
     # ComfyUI's CLIP has a text projection that SD1.5 never uses (no such layer in diffusers' CLIPTextModel);
     # a full-difference LoRA changes it in ComfyUI, where it does not reach the render either.
     expected = {k: v for k, v in expected.items() if not k.endswith("transformer.text_projection.weight")}
-    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), comfy_corpus[name])
+    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), comfy_corpus[name], STRENGTH)
     assert expected and sorted(ours) == sorted(expected)
     for key, delta in ours.items():
         torch.testing.assert_close(delta, expected[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key} differs")
@@ -385,7 +371,7 @@ def test_a_kohya_lora_with_ldm_block_names_fuses_like_its_diffusers_named_twin(
     save_file(renamed, str(path))
     spec = make_spec(ip_adapter=None, dtype="fp32")
     assert read_lora(path).layout == "kohya-ldm"
-    a, b = our_deltas(spec, path), our_deltas(spec, source)
+    a, b = our_deltas(spec, path, STRENGTH), our_deltas(spec, source, STRENGTH)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

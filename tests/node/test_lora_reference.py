@@ -11,7 +11,6 @@ script registers the tiny widths as one more SD15 config and gives the tiny text
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +19,9 @@ import pytest
 import torch
 
 from sketch_rag.cli.comfyui_install import install_comfyui
-from sketch_rag.rendering.model_cache import PipelineCache
-from sketch_rag.rendering.pipeline_spec import PipelineSpec
-from sketch_rag.tiny_models.ldm_layout import unet_to_ldm
 from sketch_rag.tiny_models.lora import LORA_NAMES, write_tiny_loras
 from sketch_rag.tiny_models.sd import CHECKPOINT_NAME, TINY_TEXT_HIDDEN, build_tiny_sd15
+from tests.helpers.lora_deltas import our_deltas
 from tests.helpers.paths import COMFYUI_HOME
 
 pytestmark = pytest.mark.slow
@@ -85,21 +82,6 @@ def comfy_deltas(tmp: Path, checkpoint: Path, lora: Path) -> dict[str, torch.Ten
     return load_file(str(out))
 
 
-def our_deltas(spec: PipelineSpec, lora: Path) -> dict[str, torch.Tensor]:
-    cache = PipelineCache()
-    pipe = cache.get(spec).pipe
-    parts = {"unet": pipe.unet, "clip": pipe.text_encoder}
-    base = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in parts.items()}
-    cache.get(dataclasses.replace(spec, loras=((lora, STRENGTH),)))
-    unet = {k: v - base["unet"][k] for k, v in pipe.unet.state_dict().items()}
-    text = {k: v - base["clip"][k] for k, v in pipe.text_encoder.state_dict().items()}
-    # Our names -> ComfyUI's: the UNet through the project's LDM converter, the CLIP under clip_l.transformer.
-    deltas = {f"unet.{k}": v for k, v in unet_to_ldm(unet, dict(pipe.unet.config)).items()}
-    prefix = "clip.clip_l.transformer.text_model."
-    deltas |= {prefix + k.removeprefix("text_model."): v for k, v in text.items()}
-    return {k: v for k, v in deltas.items() if v.abs().max() > 0}
-
-
 def test_comfyui_core_lora_loader_changes_the_same_weights_by_the_same_deltas(
     tmp_path: Path, models_dir: Path, make_spec
 ) -> None:
@@ -107,7 +89,7 @@ def test_comfyui_core_lora_loader_changes_the_same_weights_by_the_same_deltas(
     kohya = write_tiny_loras(tmp_path / "loras", sd["unet"], sd["text_encoder"])[0]
     assert kohya.name == LORA_NAMES[0]
     reference = comfy_deltas(tmp_path, models_dir / "checkpoints" / CHECKPOINT_NAME, kohya)
-    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), kohya)
+    ours = our_deltas(make_spec(ip_adapter=None, dtype="fp32"), kohya, STRENGTH)
     assert sorted(ours) == sorted(reference)
     assert sum(k.startswith("unet.") for k in ours) == 193 and sum(k.startswith("clip.") for k in ours) == 12
     for key, delta in ours.items():
